@@ -1,0 +1,1 @@
+"""The event log: envelope, signing, stores (JetStream and in-memory) and projections."""

@@ -1,0 +1,1 @@
+"""Shared language of fedhub: names, event payloads and API models (no I/O here)."""

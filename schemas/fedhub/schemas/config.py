@@ -1,0 +1,47 @@
+"""Loading a component's settings from the environment (``FEDHUB_*``) and a TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the file, key and problem."""
+
+
+def load_settings(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from (lowest first) defaults, the TOML file, ``FEDHUB_*``, overrides.
+
+    A TOML file may hold the keys at top level or under a table named after the
+    component (``[coordinator]``, ``[edge_proxy]``, ``[site_agent]``). Raises ConfigError
+    with a readable message on an unreadable file or invalid values.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            doc = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        section = getattr(cls, "toml_section", None)
+        table = doc.get(section, doc) if isinstance(section, str) else doc
+        file_values = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    from_env = {k for k in cls.model_fields if f"{prefix}{k}".upper() in os.environ}
+    merged = {k: v for k, v in file_values.items() if k not in from_env}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        where = f" (from {config_file} and FEDHUB_* variables)" if config_file else ""
+        raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from exc
