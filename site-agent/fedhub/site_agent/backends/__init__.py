@@ -1,0 +1,1 @@
+"""Backends that run Jupyter servers: the shared interface and its implementations."""

@@ -1,0 +1,120 @@
+"""The interface every backend implements, and the values it exchanges with the agent.
+
+A backend knows how to run one kind of job (a local process, a container, a batch job).
+It keeps no memory of its own between calls: everything needed to find a server again is
+in the ``state`` dict it yields in its checkpoints, which the agent records in the log, so
+a restarted agent can re-adopt servers from their events alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from fedhub.schemas.names import server_key
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What to start: one user's named server behind ``prefix``."""
+
+    user: str
+    server: str
+    spawn_id: str
+    prefix: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``<user>.<server>`` subject tokens: unique per server, safe in file names."""
+        return server_key(self.user, self.server)
+
+
+class Phase(StrEnum):
+    """Which checkpoint a start has reached."""
+
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One step of a start; ``state`` is everything needed to stop or query the job."""
+
+    phase: Phase
+    state: dict[str, Any]
+    job_id: str = ""
+    target: str = ""
+    message: str = ""
+
+
+class JobStatus(StrEnum):
+    """What a status query found out about one job."""
+
+    RUNNING = "running"
+    PENDING = "pending"  # queued or starting, not yet running
+    GONE = "gone"  # positive evidence that the job no longer exists
+    UNKNOWN = "unknown"  # the query failed: never treat as gone
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A job's status and, for GONE, why it ended (readable by the user)."""
+
+    status: JobStatus
+    reason: str = ""
+
+
+class Backend(Protocol):
+    """How the agent starts, stops and watches servers at its site."""
+
+    name: str
+
+    def start(self, spec: ServerSpec) -> AsyncIterator[Checkpoint]:
+        """Start a server, yielding checkpoints as it progresses.
+
+        Yields first a SUBMITTED checkpoint (``job_id`` and ``state``), then a RUNNING one
+        with ``target`` (the URL the proxy forwards to) once the server answered a
+        readiness check, then ends. Raises BackendError with a user-readable message when
+        the server cannot be started; before raising it cleans up what it started. Closing
+        the generator early (the agent cancels a start) also cleans up. Not idempotent:
+        every call starts a new job.
+        """
+        ...
+
+    def resume(self, spec: ServerSpec, state: Mapping[str, Any]) -> AsyncIterator[Checkpoint]:
+        """Continue a start from its SUBMITTED ``state`` (after an agent restart).
+
+        Yields the remaining checkpoints (RUNNING) without starting anything new. Raises
+        BackendError like :meth:`start`. Safe to call again for the same state.
+        """
+        ...
+
+    async def stop(self, state: Mapping[str, Any]) -> None:
+        """Stop the job described by ``state`` and wait until it is gone.
+
+        Idempotent: stopping a job that is already gone does nothing. Raises BackendError
+        only when the job may still be running afterwards.
+        """
+        ...
+
+    async def status(self, states: Mapping[str, Mapping[str, Any]]) -> dict[str, JobReport]:
+        """Query all jobs at once (one scheduler call for the whole site).
+
+        ``states`` maps the agent's server keys to job states; the result has one report
+        for every key. A failed query yields UNKNOWN, never GONE. Does not raise for
+        per-job problems. Idempotent (read only).
+        """
+        ...
+
+    def options(self) -> dict[str, Any]:
+        """The resource options this site offers (partitions, cores, images...), as a JSON
+        schema-like dict; empty when the site offers no choice. Pure, idempotent."""
+        ...
+
+    def capacity(self) -> dict[str, Any]:
+        """Free capacity right now (for the heartbeat), e.g. ``{"cpus": 8}``. Does not
+        raise; idempotent."""
+        ...

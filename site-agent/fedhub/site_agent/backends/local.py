@@ -1,0 +1,233 @@
+"""A backend that runs each server as a detached ``jupyter lab`` process on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from fedhub.schemas.names import subject_token
+from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
+from fedhub.site_agent.backends.process import (
+    alive,
+    proc_state,
+    reap,
+    signal_group,
+    spawn_detached,
+)
+from fedhub.site_agent.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
+STOP_GRACE = 10.0
+_READY_POLL = 0.25
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the server binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 15, limit: int = 3000) -> str:
+    """The last lines of a log file (empty if unreadable), for error messages."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])[-limit:]
+
+
+class LocalProcessBackend:
+    """Runs ``jupyter lab`` per server as a local process listening on 127.0.0.1."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        jupyter_command: list[str],
+        ready_timeout: float = 120.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.data_dir = data_dir
+        self.jupyter_command = list(jupyter_command)
+        self.ready_timeout = ready_timeout
+        self.host = host
+
+    @property
+    def trusted_keys_path(self) -> Path:
+        """The edge proxies' public keys, handed to every server."""
+        return self.data_dir / "trusted-keys.json"
+
+    def _argv(self, spec: ServerSpec, port: int, root: Path) -> list[str]:
+        exe = shutil.which(self.jupyter_command[0])
+        if exe is None:
+            raise BackendError(f"cannot find the Jupyter command {self.jupyter_command[0]!r}")
+        # Root is refused by Jupyter unless told; containers and test machines run as root.
+        root_flag = ["--allow-root"] if os.geteuid() == 0 else []
+        return [
+            exe,
+            *self.jupyter_command[1:],
+            "--no-browser",
+            f"--ServerApp.ip={self.host}",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.base_url={spec.prefix}",
+            f"--ServerApp.root_dir={root}",
+            f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
+            "--IdentityProvider.token=",
+            # The proxy keeps the browser's Host header; identity comes from the assertion.
+            "--ServerApp.allow_remote_access=True",
+            "--ServerApp.allow_unauthenticated_access=False",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *root_flag,
+        ]
+
+    async def start(self, spec: ServerSpec) -> AsyncIterator[Checkpoint]:
+        """See :meth:`Backend.start`: spawn, yield SUBMITTED, wait for ``<prefix>api``."""
+        root = self.data_dir / "users" / subject_token(spec.user)
+        log_path = self.data_dir / "logs" / f"{spec.key}.log"
+        port = free_port(self.host)
+        argv = self._argv(spec, port, root)
+        env = {
+            **os.environ,
+            "FEDHUB_TRUSTED_KEYS": str(self.trusted_keys_path),
+            "FEDHUB_SERVER_PREFIX": spec.prefix,
+            "FEDHUB_SERVER_USER": spec.user,
+        }
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a") as fh:
+                fh.write(f"--- fedhub: starting spawn {spec.spawn_id} on port {port}\n")
+            pid = spawn_detached(argv, env, log_path)
+        except OSError as exc:
+            raise BackendError(f"cannot start Jupyter: {exc}") from exc
+        st = proc_state(pid)
+        state: dict[str, Any] = {
+            "pid": pid,
+            "port": port,
+            "host": self.host,
+            "starttime": st.starttime if st else 0,
+            "log": str(log_path),
+        }
+        ready = False
+        try:
+            yield Checkpoint(Phase.SUBMITTED, state, job_id=str(pid),
+                             message=f"Starting Jupyter server (pid {pid})")
+            async for cp in self.resume(spec, state):
+                ready = True
+                yield cp
+        finally:
+            if not ready:
+                # Failed, timed out or cancelled: leave nothing running behind.
+                await self.stop(state)
+
+    async def resume(
+        self, spec: ServerSpec, state: Mapping[str, Any]
+    ) -> AsyncIterator[Checkpoint]:
+        """See :meth:`Backend.resume`: wait until ``<prefix>api`` answers 200."""
+        pid, starttime = int(state["pid"]), int(state["starttime"])
+        target = f"http://{state['host']}:{state['port']}"
+        url = f"{target}{spec.prefix}api"
+        log_path = Path(str(state.get("log", "")))
+        deadline = time.monotonic() + self.ready_timeout
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                if not alive(pid, starttime):
+                    tail = log_tail(log_path)
+                    raise BackendError(
+                        "Jupyter exited during start" + (f"; last log lines:\n{tail}" if tail
+                                                         else "")
+                    )
+                try:
+                    async with http.get(url) as resp:
+                        if resp.status == 200:
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"Jupyter did not answer at {url} within {self.ready_timeout:.0f} s"
+                    )
+                await asyncio.sleep(_READY_POLL)
+        yield Checkpoint(Phase.RUNNING, dict(state), job_id=str(pid), target=target,
+                         message=f"Jupyter server is running at {target}")
+
+    async def stop(self, state: Mapping[str, Any]) -> None:
+        """See :meth:`Backend.stop`: SIGTERM to the group, SIGKILL after 10 s."""
+        try:
+            pid, starttime = int(state["pid"]), int(state["starttime"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("cannot stop a job without a valid pid: %r", dict(state))
+            return
+        if not alive(pid, starttime):
+            return
+        signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            if not alive(pid, starttime):
+                return
+        log.warning("server pid %d ignored SIGTERM for %.0f s, killing it", pid, STOP_GRACE)
+        signal_group(pid, signal.SIGKILL)
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not alive(pid, starttime):
+                return
+        raise BackendError(f"process {pid} is still running after SIGKILL")
+
+    async def status(self, states: Mapping[str, Mapping[str, Any]]) -> dict[str, JobReport]:
+        """See :meth:`Backend.status`: RUNNING if /proc/<pid> has the recorded start time."""
+        out: dict[str, JobReport] = {}
+        for key, state in states.items():
+            try:
+                pid, starttime = int(state["pid"]), int(state["starttime"])
+            except (KeyError, TypeError, ValueError):
+                out[key] = JobReport(JobStatus.UNKNOWN, "no valid pid in the job state")
+                continue
+            try:
+                reason = reap(pid)
+                st = proc_state(pid)
+            except (OSError, ValueError, IndexError) as exc:
+                out[key] = JobReport(JobStatus.UNKNOWN, f"cannot read /proc: {exc}")
+                continue
+            if st is not None and st.starttime == starttime and not st.zombie:
+                out[key] = JobReport(JobStatus.RUNNING)
+            else:
+                out[key] = JobReport(JobStatus.GONE, reason or "process exited")
+        return out
+
+    def options(self) -> dict[str, Any]:
+        """See :meth:`Backend.options`: a local site offers no choices."""
+        return {}
+
+    def capacity(self) -> dict[str, Any]:
+        """See :meth:`Backend.capacity`: CPUs, load and available memory of this machine."""
+        cap: dict[str, Any] = {"cpus": os.cpu_count() or 1}
+        try:
+            cap["load1"] = round(os.getloadavg()[0], 2)
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    cap["mem_available_mb"] = int(line.split()[1]) // 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return cap
