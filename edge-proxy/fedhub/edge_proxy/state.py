@@ -1,0 +1,150 @@
+"""What the proxy knows, rebuilt from the log: keys, users, revocations and routes.
+
+``apply(state, stored)`` is the fold. It is deterministic and does no I/O, but it updates
+``state`` in place and returns it: copying a table of thousands of routes for every event
+would make a rebuild quadratic. That is safe because the proxy is single-threaded asyncio
+and ``apply`` never awaits, so a request handler never sees a half-applied event.
+Events it cannot use (malformed, unknown, unsigned, signed by a key without the right
+role) are logged and skipped; ``apply`` never raises on the log's content.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from yarl import URL
+
+from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
+from fedhub.events.envelope import Envelope
+from fedhub.events.errors import EventLogError
+from fedhub.events.signing import KeyRing
+from fedhub.events.store import StoredEvent
+from fedhub.schemas.events import (
+    KeyPublished,
+    Payload,
+    RouteAdded,
+    RouteRemoved,
+    TokenRevoked,
+    UserCreated,
+    UserDeleted,
+    UserLoggedOut,
+    UserUpdated,
+)
+
+log = logging.getLogger(__name__)
+COORDINATOR = frozenset({"coordinator"})
+# Subject families the proxy folds; every other event in the log is ignored silently.
+KEYS = "fedhub.key."
+USERS = "fedhub.user."
+LOGINS = "fedhub.login."
+TOKENS = "fedhub.token."
+ROUTES = "fedhub.route."
+_WATCHED = (KEYS, USERS, LOGINS, TOKENS, ROUTES)
+
+
+@dataclass(slots=True)
+class User:
+    """A user as far as the proxy cares: exists, is admin, since when."""
+
+    name: str
+    admin: bool
+    created: datetime
+
+
+@dataclass
+class ProxyState:
+    """Everything the proxy rebuilt from the log; ``seq`` is the last sequence applied."""
+
+    keyring: KeyRing = field(default_factory=KeyRing)
+    users: dict[str, User] = field(default_factory=dict)
+    revoked_sessions: set[str] = field(default_factory=set)
+    revoked_tokens: set[str] = field(default_factory=set)
+    routes: RouteTable = field(default_factory=RouteTable)
+    # Server names ever routed per user: tells "/user/a/lab/" (a path) from a named server.
+    servers: dict[str, set[str]] = field(default_factory=dict)
+    seq: int = 0
+
+
+def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
+    """Fold one stored event into ``state`` (in place) and return it; never raises."""
+    event = stored.event
+    if stored.seq > state.seq:
+        state.seq = stored.seq
+    if not event.subject.startswith(_WATCHED):
+        return state
+    try:
+        payload = event.payload()
+        if isinstance(payload, KeyPublished):
+            _key_published(state, event, payload)
+            return state
+        event.verify(state.keyring, COORDINATOR)
+        _apply_payload(state, stored, payload)
+    except EventLogError as exc:
+        log.warning("skipping event %d (%s on %s): %s", stored.seq, event.type, event.subject, exc)
+    except ValueError as exc:  # e.g. a route target that is not a URL
+        log.warning("skipping event %d (%s on %s): invalid: %s",
+                    stored.seq, event.type, event.subject, exc)
+    return state
+
+
+def _key_published(state: ProxyState, event: Envelope, payload: KeyPublished) -> None:
+    # A key proves possession by signing its own announcement. Whether its holder may
+    # claim its role is decided by who may publish on fedhub.key.> (NATS permissions).
+    if event.subject != f"{KEYS}{payload.kid}":
+        log.warning("skipping key %s published on %s", payload.kid, event.subject)
+        return
+    if event.kid != payload.kid:
+        log.warning("skipping key %s: not signed by itself", payload.kid)
+        return
+    known = state.keyring.get(payload.kid)
+    if known is not None and known.role != payload.role:
+        log.warning("skipping key %s: already enrolled as %s, not %s",
+                    payload.kid, known.role, payload.role)
+        return
+    candidate = KeyRing()
+    candidate.add(payload.kid, payload.public_key, payload.role, payload.name)
+    event.verify(candidate, frozenset({payload.role}))
+    state.keyring.add(payload.kid, payload.public_key, payload.role, payload.name)
+
+
+def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> None:
+    event = stored.event
+    if isinstance(payload, UserCreated | UserUpdated):
+        old = state.users.get(payload.name)
+        created = old.created if old is not None else event.time
+        state.users[payload.name] = User(payload.name, payload.admin, created)
+    elif isinstance(payload, UserDeleted):
+        state.users.pop(payload.name, None)
+        state.servers.pop(payload.name, None)
+    elif isinstance(payload, UserLoggedOut):
+        state.revoked_sessions.add(payload.session_id)
+    elif isinstance(payload, TokenRevoked):
+        state.revoked_tokens.add(payload.token_id)
+    elif isinstance(payload, RouteAdded):
+        if not event.subject.startswith(ROUTES):
+            raise ValueError(f"RouteAdded outside {ROUTES}>")
+        state.routes.add(route_of(event.subject, stored.seq, payload))
+        state.servers.setdefault(payload.user, set()).add(payload.server)
+    elif isinstance(payload, RouteRemoved):
+        state.routes.remove(event.subject)
+
+
+def route_of(subject: str, seq: int, payload: RouteAdded) -> Route:
+    """The table entry for a RouteAdded; raises ValueError on an unusable target."""
+    target = payload.target.rstrip("/")
+    url = URL(target)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"route target {payload.target!r} is not an http(s) URL")
+    return Route(
+        subject=subject,
+        prefix=normalize_prefix(payload.prefix),
+        url_prefix=payload.prefix,
+        target=target,
+        user=payload.user,
+        server=payload.server,
+        site=payload.site,
+        seq=seq,
+        target_url=url,
+    )

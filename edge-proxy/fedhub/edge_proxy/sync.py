@@ -1,0 +1,75 @@
+"""Keeping the proxy's state in step with the log: publish our key, rebuild, follow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from fedhub.edge_proxy.state import ProxyState, apply
+from fedhub.events.envelope import derived_id, new_event
+from fedhub.events.errors import EventLogError
+from fedhub.events.signing import SigningKey
+from fedhub.events.store import EventStore
+from fedhub.schemas import subjects
+from fedhub.schemas.events import KeyPublished
+
+log = logging.getLogger(__name__)
+ROLE = "edge-proxy"
+
+
+async def publish_key(store: EventStore, key: SigningKey, name: str) -> None:
+    """Announce our public key (idempotent: the event id derives from the key id).
+
+    Raises StoreUnavailable if the log cannot be reached.
+    """
+    event = new_event(
+        subjects.key(key.kid),
+        KeyPublished(kid=key.kid, public_key=key.public_b64, role=ROLE, name=name),
+        actor=f"{ROLE}:{name}",
+        signer=key,
+        event_id=derived_id(key.kid, "key-published"),
+    )
+    await store.append(event)
+
+
+async def rebuild(store: EventStore, state: ProxyState) -> int:
+    """Fold the current state of the log into ``state``; return where to follow from.
+
+    Keys first (everything else is checked against them), then users, every logout and
+    token revocation, and the latest event of every route. Raises StoreUnavailable.
+    """
+    last = await store.last_seq()
+    for stored in await store.latest_per_subject("fedhub.key.>"):
+        apply(state, stored)
+    for stored in await store.latest_per_subject("fedhub.user.>"):
+        apply(state, stored)
+    for family in ("fedhub.login.>", "fedhub.token.>"):
+        async for stored in store.read(family):
+            apply(state, stored)
+    for stored in await store.latest_per_subject("fedhub.route.>"):
+        apply(state, stored)
+    state.seq = max(state.seq, last)
+    return last + 1
+
+
+async def follow(
+    store: EventStore,
+    state: ProxyState,
+    start: int,
+    on_change: Callable[[], None] | None = None,
+    retry: float = 1.0,
+) -> None:
+    """Apply every event from ``start`` on, forever; resume after store failures."""
+    position = start
+    while True:
+        try:
+            async for stored in store.follow("fedhub.>", start=position):
+                apply(state, stored)
+                position = stored.seq + 1
+                if on_change is not None:
+                    on_change()
+        except EventLogError as exc:
+            log.warning("following the log failed at %d (%s); retrying in %.0fs",
+                        position, exc, retry)
+        await asyncio.sleep(retry)
