@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from fedhub.events.envelope import Envelope
@@ -82,6 +83,14 @@ class EventStore(Protocol):
         Every matching message is delivered until acked, across restarts of the consumer;
         malformed messages are logged, acked and skipped. Runs forever.
         """
+        ...
+
+    async def put_health(self, subject: str, data: bytes) -> None:
+        """Record a heartbeat outside the log; only the latest per subject is kept."""
+        ...
+
+    async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
+        """The latest heartbeat per subject matching ``subjects``, with the time stored."""
         ...
 
     async def last_seq(self) -> int:

@@ -1,0 +1,284 @@
+"""EventStore on NATS JetStream: stream FEDHUB (subjects ``fedhub.>``) plus a small
+last-value-only stream for heartbeats.
+
+De-duplication uses the event id as ``Nats-Msg-Id``; per-subject optimistic concurrency
+uses ``Nats-Expected-Last-Subject-Sequence``; both are enforced by the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import APIError, NotFoundError
+
+from fedhub.events.envelope import Envelope, decode
+from fedhub.events.errors import ConcurrencyError, MalformedEvent, StoreUnavailable
+from fedhub.events.store import StoredEvent
+from fedhub.schemas.subjects import ALL, HEALTH_ROOT, HEALTH_STREAM, STREAM
+
+log = logging.getLogger(__name__)
+WRONG_LAST_SEQUENCE = 10071
+_FETCH_BATCH = 256
+
+
+@dataclass
+class _JetStreamDelivery:
+    seq: int
+    event: Envelope
+    _msg: Msg
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float = 1.0) -> None:
+        await self._msg.nak(delay=delay)
+
+
+class JetStreamStore:
+    """EventStore backed by a NATS JetStream stream; see EventStore for the contract."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str = STREAM) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        credentials: str | None = None,
+        create_streams: bool = True,
+        replicas: int = 1,
+        name: str = "fedhub",
+    ) -> JetStreamStore:
+        """Connect (reconnecting forever once connected) and make sure the streams exist.
+
+        Raises StoreUnavailable if the first connection fails.
+        """
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                user_credentials=credentials,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=5,
+                allow_reconnect=True,
+            )
+        except (NatsError, OSError) as exc:
+            raise StoreUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+        store = cls(nc, nc.jetstream())
+        if create_streams:
+            await store.ensure_streams(replicas=replicas)
+        return store
+
+    async def ensure_streams(self, *, replicas: int = 1) -> None:
+        """Create the FEDHUB and health streams if missing (idempotent)."""
+        log_cfg = jsapi.StreamConfig(
+            name=self._stream,
+            subjects=[ALL],
+            storage=jsapi.StorageType.FILE,
+            num_replicas=replicas,
+            deny_delete=True,
+            duplicate_window=120.0,
+            allow_direct=True,
+        )
+        health_cfg = jsapi.StreamConfig(
+            name=HEALTH_STREAM,
+            subjects=[f"{HEALTH_ROOT}.>"],
+            storage=jsapi.StorageType.MEMORY,
+            num_replicas=replicas,
+            max_msgs_per_subject=1,
+            max_age=3600.0,
+            allow_direct=True,
+        )
+        for cfg in (log_cfg, health_cfg):
+            try:
+                await self._js.add_stream(cfg)
+            except APIError as exc:
+                log.debug("stream %s exists: %s", cfg.name, exc)
+            except NatsError as exc:
+                raise StoreUnavailable(f"cannot create stream {cfg.name}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Drain and close the connection."""
+        if not self._nc.is_closed:
+            await self._nc.drain()
+
+    async def append(self, event: Envelope, *, expected_seq: int | None = None) -> int:
+        headers = {"Nats-Msg-Id": event.id}
+        if expected_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+        try:
+            ack = await self._js.publish(
+                event.subject, event.encode(), stream=self._stream, headers=headers, timeout=5
+            )
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ConcurrencyError(event.subject, expected_seq or 0) from exc
+            raise StoreUnavailable(f"append to {event.subject} refused: {exc}") from exc
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"append to {event.subject} failed: {exc}") from exc
+        return int(ack.seq)
+
+    async def append_raw(self, subject: str, data: bytes) -> int:
+        try:
+            ack = await self._js.publish(subject, data, stream=self._stream, timeout=5)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"append to {subject} failed: {exc}") from exc
+        return int(ack.seq)
+
+    async def last(self, subject: str) -> StoredEvent | None:
+        try:
+            raw = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except NotFoundError:
+            return None
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"cannot read {subject}: {exc}") from exc
+        assert raw.seq is not None and raw.data is not None
+        return StoredEvent(int(raw.seq), decode(raw.data))
+
+    async def last_seq(self) -> int:
+        try:
+            info = await self._js.stream_info(self._stream)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"cannot read stream info: {exc}") from exc
+        return int(info.state.last_seq)
+
+    def _decoded(self, msg: Msg) -> StoredEvent | None:
+        seq = int(msg.metadata.sequence.stream)
+        try:
+            return StoredEvent(seq, decode(msg.data))
+        except MalformedEvent as exc:
+            log.warning("skipping malformed message %d on %s: %s", seq, msg.subject, exc)
+            return None
+
+    async def _ordered(
+        self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
+    ) -> AsyncIterator[StoredEvent]:
+        """An ordered (flow-controlled, gap-free) push consumer over ``subjects``."""
+        sub = await self._js.subscribe(
+            subjects, stream=self._stream, ordered_consumer=True, config=config,
+            pending_msgs_limit=-1, pending_bytes_limit=-1,
+        )
+        try:
+            if until_caught_up:
+                # num_pending counts only what is not yet delivered; an empty match has
+                # delivered nothing and has nothing pending.
+                info = await sub.consumer_info()
+                delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+                if int(info.num_pending or 0) == 0 and delivered == 0:
+                    return
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except NatsTimeout:
+                    continue
+                item = self._decoded(msg)
+                if item is not None:
+                    yield item
+                if until_caught_up and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass
+
+    def _start_config(self, start: int) -> jsapi.ConsumerConfig:
+        if start <= 1:
+            return jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.ALL)
+        return jsapi.ConsumerConfig(
+            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+        )
+
+    async def read(
+        self, subjects: str = ALL, *, start: int = 1
+    ) -> AsyncIterator[StoredEvent]:
+        async for item in self._ordered(subjects, self._start_config(start), until_caught_up=True):
+            yield item
+
+    async def follow(
+        self, subjects: str = ALL, *, start: int = 1
+    ) -> AsyncIterator[StoredEvent]:
+        async for item in self._ordered(subjects, self._start_config(start), until_caught_up=False):
+            yield item
+
+    async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
+        cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
+        return [item async for item in self._ordered(subjects, cfg, until_caught_up=True)]
+
+    async def consume(self, subjects: str, *, durable: str) -> AsyncIterator[_JetStreamDelivery]:
+        cfg = jsapi.ConsumerConfig(
+            ack_policy=jsapi.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1,
+            filter_subject=subjects,
+        )
+        sub = await self._js.pull_subscribe(subjects, durable=durable, stream=self._stream,
+                                            config=cfg)
+        batch: list[Msg] = []
+        try:
+            while True:
+                try:
+                    batch = await sub.fetch(16, timeout=5)
+                except NatsTimeout:
+                    continue
+                except NatsError as exc:
+                    log.warning("consumer %s: fetch failed (%s); retrying", durable, exc)
+                    await asyncio.sleep(1)
+                    continue
+                while batch:
+                    msg = batch.pop(0)
+                    item = self._decoded(msg)
+                    if item is None:
+                        await msg.ack()
+                        continue
+                    batch.insert(0, msg)  # still ours until the caller acks it
+                    yield _JetStreamDelivery(item.seq, item.event, msg)
+                    batch.pop(0)
+        finally:
+            # Hand back what we fetched but did not finish, so a restarted consumer gets
+            # it at once instead of after ack_wait.
+            for msg in batch:
+                if not msg._ackd:  # the caller may have acked it before closing us
+                    await msg.nak()
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass
+
+    async def put_health(self, subject: str, data: bytes) -> None:
+        try:
+            await self._js.publish(subject, data, stream=HEALTH_STREAM, timeout=5)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"heartbeat on {subject} failed: {exc}") from exc
+
+    async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
+        cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
+        sub = await self._js.subscribe(subjects, stream=HEALTH_STREAM, ordered_consumer=True,
+                                       config=cfg)
+        out: dict[str, tuple[bytes, datetime]] = {}
+        try:
+            info = await sub.consumer_info()
+            delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+            pending = int(info.num_pending or 0) + delivered
+            while pending > 0:
+                msg = await sub.next_msg(timeout=5)
+                stamp: Any = msg.metadata.timestamp
+                out[msg.subject] = (msg.data, stamp if stamp else datetime.now(UTC))
+                pending = int(msg.metadata.num_pending)
+        finally:
+            await sub.unsubscribe()
+        return out
