@@ -8,7 +8,7 @@ a restarted agent can re-adopt servers from their events alone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -72,7 +72,7 @@ class Backend(Protocol):
 
     name: str
 
-    def start(self, spec: ServerSpec) -> AsyncIterator[Checkpoint]:
+    def start(self, spec: ServerSpec) -> AsyncGenerator[Checkpoint, None]:
         """Start a server, yielding checkpoints as it progresses.
 
         Yields first a SUBMITTED checkpoint (``job_id`` and ``state``), then a RUNNING one
@@ -84,7 +84,9 @@ class Backend(Protocol):
         """
         ...
 
-    def resume(self, spec: ServerSpec, state: Mapping[str, Any]) -> AsyncIterator[Checkpoint]:
+    def resume(
+        self, spec: ServerSpec, state: Mapping[str, Any]
+    ) -> AsyncGenerator[Checkpoint, None]:
         """Continue a start from its SUBMITTED ``state`` (after an agent restart).
 
         Yields the remaining checkpoints (RUNNING) without starting anything new. Raises

@@ -9,7 +9,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class LocalProcessBackend:
             *root_flag,
         ]
 
-    async def start(self, spec: ServerSpec) -> AsyncIterator[Checkpoint]:
+    async def start(self, spec: ServerSpec) -> AsyncGenerator[Checkpoint, None]:
         """See :meth:`Backend.start`: spawn, yield SUBMITTED, wait for ``<prefix>api``."""
         root = self.data_dir / "users" / subject_token(spec.user)
         log_path = self.data_dir / "logs" / f"{spec.key}.log"
@@ -127,6 +127,7 @@ class LocalProcessBackend:
             "host": self.host,
             "starttime": st.starttime if st else 0,
             "log": str(log_path),
+            "prefix": spec.prefix,
         }
         ready = False
         try:
@@ -142,7 +143,7 @@ class LocalProcessBackend:
 
     async def resume(
         self, spec: ServerSpec, state: Mapping[str, Any]
-    ) -> AsyncIterator[Checkpoint]:
+    ) -> AsyncGenerator[Checkpoint, None]:
         """See :meth:`Backend.resume`: wait until ``<prefix>api`` answers 200."""
         pid, starttime = int(state["pid"]), int(state["starttime"])
         target = f"http://{state['host']}:{state['port']}"
@@ -152,12 +153,12 @@ class LocalProcessBackend:
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
-                if not alive(pid, starttime):
+                exit_reason = reap(pid)
+                if exit_reason or not alive(pid, starttime):
                     tail = log_tail(log_path)
-                    raise BackendError(
-                        "Jupyter exited during start" + (f"; last log lines:\n{tail}" if tail
-                                                         else "")
-                    )
+                    how = f" ({exit_reason})" if exit_reason else ""
+                    raise BackendError(f"Jupyter exited during start{how}"
+                                       + (f"; last log lines:\n{tail}" if tail else ""))
                 try:
                     async with http.get(url) as resp:
                         if resp.status == 200:
@@ -213,7 +214,7 @@ class LocalProcessBackend:
             if st is not None and st.starttime == starttime and not st.zombie:
                 out[key] = JobReport(JobStatus.RUNNING)
             else:
-                out[key] = JobReport(JobStatus.GONE, reason or "process exited")
+                out[key] = JobReport(JobStatus.GONE, reason or "")
         return out
 
     def options(self) -> dict[str, Any]:

@@ -35,8 +35,8 @@ def proc_state(pid: int) -> ProcState | None:
 def reap(pid: int) -> str | None:
     """Collect the exit status of our own child ``pid`` if it has ended.
 
-    Returns a readable exit reason, or None when it still runs or is not our child
-    (then init reaps it and /proc tells the rest).
+    Returns a readable exit reason (``exit code 1``, ``signal SIGKILL``), or None when it
+    still runs or is not our child (then init reaps it and /proc tells the rest).
     """
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -50,8 +50,8 @@ def reap(pid: int) -> str | None:
             name = signal.Signals(sig).name
         except ValueError:
             name = str(sig)
-        return f"killed by signal {name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+        return f"signal {name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def alive(pid: int, starttime: int) -> bool:

@@ -1,0 +1,354 @@
+"""The site agent: turns commands from the log into servers and servers into events.
+
+It only connects out (to NATS, through the EventStore). Everything it knows about its
+servers is also in the log, so a restarted agent re-adopts them (see adoption.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from contextlib import aclosing
+from typing import Any
+
+from fedhub.events.envelope import Envelope
+from fedhub.events.errors import EventLogError
+from fedhub.events.signing import SigningKey
+from fedhub.events.store import Delivery, EventStore
+from fedhub.schemas import subjects
+from fedhub.schemas.events import (
+    KeyPublished,
+    ServerFailed,
+    ServerStarted,
+    ServerStopped,
+    ServerSubmitted,
+    SiteAgentStarted,
+    SiteHeartbeat,
+    StartServer,
+    StopServer,
+)
+from fedhub.schemas.names import server_key, subject_token
+from fedhub.site_agent.adoption import find_orphans
+from fedhub.site_agent.backends.base import Backend, Checkpoint, JobReport, JobStatus, Phase
+from fedhub.site_agent.commands import AckOnce, spec_from_command
+from fedhub.site_agent.errors import BackendError, InvalidCommand
+from fedhub.site_agent.heartbeat import beat_forever
+from fedhub.site_agent.keys import TrustedKeysFile
+from fedhub.site_agent.publisher import Publisher
+from fedhub.site_agent.servers import ServerRecord, Stage
+from fedhub.site_agent.settings import SiteAgentSettings
+
+log = logging.getLogger(__name__)
+_ENDED = frozenset({"ServerStopped", "ServerFailed"})
+_BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
+
+
+class SiteAgent:
+    """One site's agent: ``await start()``, then ``await close()``."""
+
+    def __init__(self, settings: SiteAgentSettings, store: EventStore, backend: Backend,
+                 key: SigningKey | None = None) -> None:
+        self.settings = settings
+        self.site = settings.site
+        self.store = store
+        self.backend = backend
+        self.key = key or SigningKey.load_or_create(settings.key_path)
+        self.publisher = Publisher(store, self.key, self.site)
+        self.trusted = TrustedKeysFile(settings.trusted_keys_path)
+        self.servers: dict[str, ServerRecord] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Announce the agent, re-adopt its servers, then follow keys and commands.
+
+        Raises StoreUnavailable when the log cannot be reached. Call once.
+        """
+        await self.publisher.publish(
+            subjects.key(self.key.kid),
+            KeyPublished(kid=self.key.kid, public_key=self.key.public_b64, role="site-agent",
+                         name=self.site),
+            parent=self.key.kid, purpose="key-published")
+        await self.publisher.publish(subjects.site(self.site), SiteAgentStarted(
+            site=self.site, backend=self.backend.name, agent_id=self.settings.agent_id,
+            capacity=self.backend.capacity()))
+        await self.adopt()
+        self._loops = [
+            self._supervised("keys", lambda: self.trusted.follow(self.store)),
+            self._supervised("commands", self._consume),
+            self._supervised("monitor", self._monitor_forever),
+            self._supervised("heartbeat", lambda: beat_forever(
+                self.store, self.settings.heartbeat_interval, self.heartbeat)),
+        ]
+        log.info("site agent %s for site %r started (key %s)", self.settings.agent_id,
+                 self.site, self.key.kid)
+
+    async def close(self) -> None:
+        """Stop the loops; stop the servers too if ``stop_servers_on_exit``, otherwise
+        leave them running for the next agent to re-adopt. Starts still in progress are
+        cancelled and reported failed. Idempotent."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        jobs: list[Awaitable[None]] = []
+        for rec in list(self.servers.values()):
+            if self.settings.stop_servers_on_exit:
+                jobs.append(self._stop(rec, "site agent shut down", rec.spec.spawn_id, "shutdown"))
+            elif rec.starting:
+                jobs.append(self._stop(rec, "site agent shut down while the server was starting",
+                                       rec.spec.spawn_id, "shutdown"))
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def heartbeat(self) -> SiteHeartbeat:
+        """The heartbeat this agent sends now."""
+        return SiteHeartbeat(site=self.site, agent_id=self.settings.agent_id,
+                             servers=len(self.servers), capacity=self.backend.capacity())
+
+    def _supervised(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]
+                    ) -> asyncio.Task[None]:
+        async def loop() -> None:
+            delay = 1.0
+            while True:
+                try:
+                    await run()
+                    return
+                except Exception:  # keep the agent alive; the store may come back
+                    log.exception("%s loop failed; restarting in %.0f s", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return asyncio.create_task(loop(), name=f"site-agent-{name}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        durable = f"agent-{subject_token(self.site)}"
+        async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):
+            try:
+                await self.handle(delivery)
+            except Exception:
+                log.exception("command %s failed", delivery.event.id)
+                await AckOnce(delivery)()
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Act on one command; acks it when handled (a start: once submitted or failed).
+
+        Malformed, unknown and duplicate commands are logged, acked and skipped.
+        """
+        env, ack = delivery.event, AckOnce(delivery)
+        try:
+            cmd = env.payload()
+        except EventLogError as exc:
+            log.warning("skipping malformed command %s on %s: %s", env.id, env.subject, exc)
+            return await ack()
+        if isinstance(cmd, StartServer):
+            await self._on_start(env, cmd, ack)
+        elif isinstance(cmd, StopServer):
+            self._spawn(self._on_stop(env, cmd, ack))
+        else:
+            log.warning("skipping %s on the command subject %s", env.type, env.subject)
+            await ack()
+
+    async def _on_start(self, env: Envelope, cmd: StartServer, ack: AckOnce) -> None:
+        try:
+            spec = spec_from_command(cmd)
+        except InvalidCommand as exc:
+            log.warning("refusing StartServer %s: %s", env.id, exc)
+            await self.publisher.publish(subjects.server(cmd.user, cmd.server), ServerFailed(
+                user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
+                progress=100, reason=f"invalid request: {exc}",
+                message=f"Spawn failed: invalid request: {exc}"), parent=env.id, purpose="failed")
+            return await ack()
+        rec = self.servers.get(spec.key)
+        if rec is not None and rec.stage is Stage.STOPPING and rec.stop_task is not None:
+            await asyncio.wait({rec.stop_task})  # a quick restart waits for the old stop
+            rec = self.servers.get(spec.key)
+        if rec is not None:
+            if rec.spec.spawn_id != spec.spawn_id:
+                log.warning("ignoring StartServer %s: %s already runs spawn %s", env.id,
+                            spec.key, rec.spec.spawn_id)
+            return await ack()
+        last = await self.store.last(subjects.server(spec.user, spec.server))
+        if (last is not None and last.event.type not in _BEFORE_AGENT
+                and last.event.data.get("spawn_id") == spec.spawn_id):
+            log.info("StartServer %s was already handled (%s)", env.id, last.event.type)
+            return await ack()
+        rec = ServerRecord(spec)
+        self.servers[spec.key] = rec
+        rec.task = asyncio.create_task(self._run_start(rec, self.backend.start(spec), env.id, ack))
+
+    async def _run_start(self, rec: ServerRecord, checkpoints: AsyncGenerator[Checkpoint, None],
+                         parent: str, ack: AckOnce) -> None:
+        spec = rec.spec
+        subject = subjects.server(spec.user, spec.server)
+        common: dict[str, Any] = dict(user=spec.user, server=spec.server, site=self.site,
+                                      spawn_id=spec.spawn_id)
+        try:
+            async with aclosing(checkpoints) as steps:
+                async for cp in steps:
+                    rec.state, rec.job_id = dict(cp.state), cp.job_id or rec.job_id
+                    if cp.phase is Phase.SUBMITTED:
+                        await self.publisher.publish(subject, ServerSubmitted(
+                            **common, job_id=cp.job_id, state=cp.state, progress=40,
+                            message=cp.message or f"Submitted job {cp.job_id}"),
+                            parent=parent, purpose="submitted")
+                        await ack()
+                    elif cp.phase is Phase.RUNNING:
+                        rec.target, rec.stage = cp.target, Stage.RUNNING
+                        await self.publisher.publish(subject, ServerStarted(
+                            **common, target=cp.target, state=cp.state, progress=80,
+                            message=cp.message or "Jupyter server is up"),
+                            parent=parent, purpose="started")
+            if rec.stage is not Stage.RUNNING:
+                raise BackendError("the backend finished without a running server")
+        except BackendError as exc:
+            await self._fail(rec, str(exc), parent)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("start of %s failed", spec.key)
+            try:
+                await self.backend.stop(rec.state)
+            finally:
+                await self._fail(rec, f"internal error in the site agent: {exc}", parent)
+        finally:
+            await ack()
+
+    async def _fail(self, rec: ServerRecord, reason: str, parent: str) -> None:
+        spec = rec.spec
+        self._forget(rec)
+        log.warning("server %s failed: %s", spec.key, reason)
+        await self.publisher.publish(subjects.server(spec.user, spec.server), ServerFailed(
+            user=spec.user, server=spec.server, site=self.site, spawn_id=spec.spawn_id,
+            progress=100, reason=reason, message=f"Spawn failed: {reason}"),
+            parent=parent, purpose="failed")
+
+    def _forget(self, rec: ServerRecord) -> None:
+        if self.servers.get(rec.spec.key) is rec:
+            del self.servers[rec.spec.key]
+
+    async def _on_stop(self, env: Envelope, cmd: StopServer, ack: AckOnce) -> None:
+        try:
+            rec = self.servers.get(server_key(cmd.user, cmd.server))
+            reason = cmd.reason or "stopped on request"
+            if rec is not None:
+                return await self._stop(rec, reason, env.id, "stopped")
+            last = await self.store.last(subjects.server(cmd.user, cmd.server))
+            if last is not None and last.event.type in _ENDED:
+                return
+            # Not ours (any more): say so, or the user would wait forever for a stop.
+            await self.publisher.publish(subjects.server(cmd.user, cmd.server), ServerStopped(
+                user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
+                progress=100, reason="server was not running at this site",
+                message="Server stopped"), parent=env.id, purpose="stopped")
+        finally:
+            await ack()
+
+    async def _stop(self, rec: ServerRecord, reason: str, parent: str, purpose: str) -> None:
+        """Cancel a start in progress, stop the job, publish ServerStopped. Idempotent."""
+        if rec.stop_task is not None:
+            await asyncio.wait({rec.stop_task})
+            return
+        rec.stop_task = asyncio.current_task()
+        was = rec.stage
+        rec.stage = Stage.STOPPING
+        if rec.task is not None and not rec.task.done():
+            rec.task.cancel()
+            await asyncio.wait({rec.task})
+        spec = rec.spec
+        common: dict[str, Any] = dict(user=spec.user, server=spec.server, site=self.site,
+                                      spawn_id=spec.spawn_id, progress=100)
+        try:
+            await self.backend.stop(rec.state)
+        except BackendError as exc:
+            self._forget(rec)
+            await self.publisher.publish(subjects.server(spec.user, spec.server), ServerFailed(
+                **common, reason=f"could not stop the server: {exc}",
+                message=f"Stop failed: {exc}"), parent=parent, purpose=f"{purpose}-failed")
+            return
+        self._forget(rec)
+        log.info("stopped %s (%s, was %s)", spec.key, reason, was)
+        await self.publisher.publish(subjects.server(spec.user, spec.server), ServerStopped(
+            **common, reason=reason, message="Server stopped"), parent=parent, purpose=purpose)
+
+    # -- monitoring and re-adoption ---------------------------------------------------------
+
+    async def _monitor_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            await self.check_servers()
+
+    async def check_servers(self) -> None:
+        """One status query for every server not busy starting or stopping; positively
+        GONE ones are reported ended, UNKNOWN ones are left alone. Never raises."""
+        watched = {k: r for k, r in self.servers.items()
+                   if not r.starting and r.stage is not Stage.STOPPING}
+        reports = await self._status(watched)
+        for key, rec in watched.items():
+            report = reports.get(key)
+            if report is None or report.status is not JobStatus.GONE:
+                continue
+            if self.servers.get(key) is not rec or rec.starting or rec.stage is Stage.STOPPING:
+                continue  # changed while we asked
+            how = f" ({report.reason})" if report.reason else ""
+            await self._ended(rec, f"server process exited{how}", rec.spec.spawn_id, "gone")
+
+    async def _status(self, recs: dict[str, ServerRecord]) -> dict[str, JobReport]:
+        if not recs:
+            return {}
+        try:
+            return await self.backend.status({k: r.state for k, r in recs.items()})
+        except Exception:  # a failed query means "unknown", never "gone"
+            log.exception("status query failed")
+            return {}
+
+    async def _ended(self, rec: ServerRecord, reason: str, parent: str, purpose: str) -> None:
+        spec = rec.spec
+        self._forget(rec)
+        log.info("server %s ended: %s", spec.key, reason)
+        common: dict[str, Any] = dict(user=spec.user, server=spec.server, site=self.site,
+                                      spawn_id=spec.spawn_id, progress=100, reason=reason)
+        subject = subjects.server(spec.user, spec.server)
+        if rec.stage is Stage.RUNNING:
+            await self.publisher.publish(subject, ServerStopped(**common, message="Server stopped"),
+                                         parent=parent, purpose=purpose)
+        else:
+            await self.publisher.publish(subject, ServerFailed(
+                **common, message=f"Spawn failed: {reason}"), parent=parent, purpose=purpose)
+
+    async def adopt(self) -> None:
+        """Take back the servers the log says run at this site (after a restart).
+
+        Running ones are kept and monitored, never restarted; half-started ones resume
+        their readiness check; gone ones are reported ended; stop-requested ones are
+        stopped. Safe to repeat: every event it publishes has a derived id.
+        """
+        orphans = await find_orphans(self.store, self.site)
+        recs = {o.spec.key: ServerRecord(o.spec, Stage.RUNNING if o.started else Stage.STARTING,
+                                         o.state, o.job_id, o.target) for o in orphans}
+        reports = await self._status(recs)
+        for o in orphans:
+            rec = recs[o.spec.key]
+            report = reports.get(o.spec.key, JobReport(JobStatus.UNKNOWN))
+            if report.status is JobStatus.GONE:
+                how = f" ({report.reason})" if report.reason else ""
+                await self._ended(rec, f"server ended while the site agent was down{how}",
+                                  o.latest_id, "adopt-gone")
+                continue
+            self.servers[o.spec.key] = rec
+            if o.latest_type == "ServerStopRequested":
+                self._spawn(self._stop(rec, "stopped on request", o.latest_id, "adopt-stopped"))
+            elif not o.started:
+                rec.task = asyncio.create_task(self._run_start(
+                    rec, self.backend.resume(o.spec, o.state), o.latest_id, AckOnce(None)))
+            log.info("re-adopted %s (%s, %s)", o.spec.key, o.latest_type, report.status)
+

@@ -1,0 +1,53 @@
+"""Checking commands before the agent acts on them, and acking them exactly once."""
+
+from __future__ import annotations
+
+import logging
+
+from fedhub.events.store import Delivery
+from fedhub.schemas.events import StartServer
+from fedhub.schemas.names import (
+    InvalidName,
+    normalize_user_name,
+    server_prefix,
+    validate_server_name,
+)
+from fedhub.site_agent.backends.base import ServerSpec
+from fedhub.site_agent.errors import InvalidCommand
+
+log = logging.getLogger(__name__)
+
+
+def spec_from_command(cmd: StartServer) -> ServerSpec:
+    """The ServerSpec a StartServer asks for; raises InvalidCommand if a name or the
+    prefix is not what fedhub itself would produce (they reach command lines and paths)."""
+    try:
+        if normalize_user_name(cmd.user) != cmd.user:
+            raise InvalidCommand(f"user name {cmd.user!r} is not in canonical form")
+        validate_server_name(cmd.server)
+    except InvalidName as exc:
+        raise InvalidCommand(str(exc)) from exc
+    expected = server_prefix(cmd.user, cmd.server)
+    if cmd.prefix != expected:
+        raise InvalidCommand(f"URL prefix {cmd.prefix!r} should be {expected!r}")
+    if not cmd.spawn_id:
+        raise InvalidCommand("command without a spawn id")
+    return ServerSpec(cmd.user, cmd.server, cmd.spawn_id, cmd.prefix, dict(cmd.options))
+
+
+class AckOnce:
+    """Acks a delivery the first time it is called; later calls and ack errors are
+    harmless (an unacked command is redelivered and recognised as already handled)."""
+
+    def __init__(self, delivery: Delivery | None) -> None:
+        self._delivery = delivery
+
+    async def __call__(self) -> None:
+        """Ack the delivery unless already done. Never raises."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is None:
+            return
+        try:
+            await delivery.ack()
+        except Exception as exc:  # the store decides; redelivery is handled as a duplicate
+            log.warning("cannot ack command %d: %s", delivery.seq, exc)
