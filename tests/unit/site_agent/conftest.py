@@ -1,0 +1,84 @@
+"""Fixtures for the agent's unit tests: a MemoryStore, settings in a temp dir, a runner."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from fedhub.events.envelope import Envelope, new_event
+from fedhub.events.memory import MemoryStore
+from fedhub.schemas import subjects
+from fedhub.schemas.events import Payload, StartServer, StopServer
+from fedhub.schemas.names import server_prefix
+from fedhub.site_agent.agent import SiteAgent
+from fedhub.site_agent.settings import SiteAgentSettings
+
+from .fakes import FakeBackend
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> SiteAgentSettings:
+    return SiteAgentSettings(site="hpc", data_dir=tmp_path, heartbeat_interval=0.05,
+                             poll_interval=0.05, agent_id="test-agent")
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+async def make_agent(settings: SiteAgentSettings, store: MemoryStore
+                     ) -> AsyncIterator[Callable[[FakeBackend], SiteAgent]]:
+    agents: list[SiteAgent] = []
+
+    def make(backend: FakeBackend) -> SiteAgent:
+        agent = SiteAgent(settings, store, backend)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        await agent.close()
+
+
+def start_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1") -> StartServer:
+    return StartServer(user=user, server=server, spawn_id=spawn_id,
+                       prefix=server_prefix(user, server))
+
+
+def stop_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1") -> StopServer:
+    return StopServer(user=user, server=server, spawn_id=spawn_id, reason="user asked")
+
+
+async def send(store: MemoryStore, payload: Payload, site: str = "hpc") -> Envelope:
+    env = new_event(subjects.command(site, payload.TYPE.lower()), payload,
+                    actor="coordinator", signer=None)
+    await store.append(env)
+    return env
+
+
+async def server_events(store: MemoryStore, user: str = "alice", server: str = "") -> list[str]:
+    return [item.event.type async for item in store.read(subjects.server(user, server))]
+
+
+async def wait_for(predicate: Callable[[], object], limit: float = 5.0) -> None:
+    async def poll() -> None:
+        while not predicate():  # noqa: ASYNC110 - polling state owned by other tasks
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), limit)
+
+
+async def wait_events(store: MemoryStore, expected: list[str], user: str = "alice",
+                      limit: float = 5.0) -> None:
+    async def poll() -> None:
+        while await server_events(store, user) != expected:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(poll(), limit)
+    except TimeoutError:
+        raise AssertionError(f"expected {expected}, got {await server_events(store, user)}"
+                             ) from None

@@ -1,0 +1,255 @@
+"""The agent's command handling, monitoring and re-adoption against a MemoryStore."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from fedhub.events.envelope import new_event
+from fedhub.events.memory import MemoryStore
+from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.schemas import subjects
+from fedhub.schemas.events import (
+    KeyPublished,
+    ServerFailed,
+    ServerStarted,
+    ServerStopped,
+    ServerSubmitted,
+    SiteHeartbeat,
+    StartServer,
+)
+from fedhub.site_agent.agent import SiteAgent
+from fedhub.site_agent.settings import SiteAgentSettings
+
+from .conftest import send, server_events, start_cmd, stop_cmd, wait_events, wait_for
+from .fakes import FakeBackend
+
+MakeAgent = Callable[[FakeBackend], SiteAgent]
+
+
+async def test_start_publishes_submitted_then_started(store: MemoryStore,
+                                                      make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    last = await store.last(subjects.server("alice", ""))
+    assert last is not None
+    started = last.event.payload_as(ServerStarted)
+    assert started.site == "hpc" and started.spawn_id == "s1" and started.progress == 80
+    assert started.target.startswith("http://")
+    assert last.event.actor == "site:hpc"
+    ring = KeyRing()
+    ring.add_signing_key(agent.key, "site-agent", "hpc")
+    last.event.verify(ring, frozenset({"site-agent"}))
+
+
+async def test_agent_announces_its_key_and_start(store: MemoryStore,
+                                                 make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    key_event = await store.last(subjects.key(agent.key.kid))
+    assert key_event is not None
+    assert key_event.event.payload_as(KeyPublished).role == "site-agent"
+    site_event = await store.last(subjects.site("hpc"))
+    assert site_event is not None and site_event.event.type == "SiteAgentStarted"
+
+
+async def test_failing_backend_publishes_readable_failure(store: MemoryStore,
+                                                          make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend(fail="the cluster is out of GPUs"))
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerFailed"])
+    last = await store.last(subjects.server("alice", ""))
+    assert last is not None
+    failed = last.event.payload_as(ServerFailed)
+    assert failed.reason == "the cluster is out of GPUs"
+    assert failed.message == "Spawn failed: the cluster is out of GPUs"
+    assert failed.progress == 100
+    assert agent.servers == {}
+
+
+async def test_redelivered_command_creates_no_duplicates(store: MemoryStore,
+                                                         make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    env = await send(store, start_cmd())
+
+    class Redelivery:
+        seq, event = 1, env
+
+        async def ack(self) -> None:
+            pass
+
+        async def nak(self, delay: float = 1.0) -> None:
+            pass
+
+    await agent.handle(Redelivery())
+    await agent.handle(Redelivery())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await agent.handle(Redelivery())  # after it completed
+    await asyncio.sleep(0.05)
+    assert await server_events(store) == ["ServerSubmitted", "ServerStarted"]
+    assert len(backend.started) == 1
+
+
+async def test_stop_while_starting_cancels_the_start(store: MemoryStore,
+                                                     make_agent: MakeAgent) -> None:
+    backend = FakeBackend(never_ready=True)
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted"])
+    await send(store, stop_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStopped"])
+    assert all(state == "gone" for state in backend.jobs.values())
+    assert agent.servers == {}
+
+
+async def test_stop_of_running_server(store: MemoryStore, make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
+    last = await store.last(subjects.server("alice", ""))
+    assert last is not None and last.event.payload_as(ServerStopped).reason == "user asked"
+    assert len(backend.stopped) == 1
+
+
+async def test_stop_of_unknown_server_still_ends_it(store: MemoryStore,
+                                                    make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    await send(store, stop_cmd(user="bob"))
+    await wait_events(store, ["ServerStopped"], user="bob")
+
+
+async def test_malformed_and_unknown_commands_are_skipped(store: MemoryStore,
+                                                          make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    await store.append_raw(subjects.command("hpc", "junk"), b"not json")
+    bad = new_event(subjects.command("hpc", "start"), start_cmd(), actor="x", signer=None)
+    await store.append(bad.model_copy(update={"data": {"user": "alice"}}))  # no spawn_id
+    await send(store, SiteHeartbeat(site="hpc", agent_id="x", servers=0))
+    await send(store, StartServer(user="alice", server="", spawn_id="s0", prefix="/evil/"))
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerFailed", "ServerSubmitted", "ServerStarted"])
+    failed = [item.event async for item in store.read(subjects.server("alice", ""))][0]
+    assert "prefix" in failed.payload_as(ServerFailed).reason
+    assert all(not t.done() for t in agent._loops)
+
+
+async def test_process_exit_ends_a_running_server(store: MemoryStore,
+                                                  make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    for job in backend.jobs:
+        backend.jobs[job] = "gone"
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
+    last = await store.last(subjects.server("alice", ""))
+    assert last is not None
+    assert last.event.payload_as(ServerStopped).reason.startswith("server process exited")
+
+
+async def test_unknown_status_never_ends_a_server(store: MemoryStore,
+                                                  make_agent: MakeAgent) -> None:
+    backend = FakeBackend(status_fails=True)
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    calls = backend.status_calls
+    await wait_for(lambda: backend.status_calls >= calls + 3)
+    assert await server_events(store) == ["ServerSubmitted", "ServerStarted"]
+    assert len(agent.servers) == 1
+
+
+async def test_readoption_keeps_running_servers(settings: SiteAgentSettings,
+                                                store: MemoryStore) -> None:
+    backend = FakeBackend()
+    first = SiteAgent(settings, store, backend)
+    await first.start()
+    await send(store, start_cmd())
+    await send(store, start_cmd(user="bob"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+    await first.close()
+    # bob's server dies while no agent runs
+    bob_job = next(job for job, spec in zip(backend.jobs, backend.started, strict=True)
+                   if spec.user == "bob")
+    backend.jobs[bob_job] = "gone"
+    second = SiteAgent(settings, store, backend)
+    try:
+        await second.start()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"],
+                          user="bob")
+        bob_end = await store.last(subjects.server("bob", ""))
+        assert bob_end is not None
+        assert "while the site agent was down" in bob_end.event.payload_as(ServerStopped).reason
+        assert list(second.servers) == ["alice._"]
+        assert len(backend.started) == 2 and backend.stopped == []
+        await asyncio.sleep(0.2)  # a few monitor rounds
+        assert await server_events(store) == ["ServerSubmitted", "ServerStarted"]
+    finally:
+        await second.close()
+
+
+async def test_readoption_resumes_a_half_started_server(settings: SiteAgentSettings,
+                                                        store: MemoryStore) -> None:
+    backend = FakeBackend()
+    state = {"job": "77"}
+    backend.jobs["77"] = "running"
+    await store.append(new_event(subjects.server("alice", ""), ServerSubmitted(
+        user="alice", site="hpc", spawn_id="s1", job_id="77", state=state), actor="site:hpc",
+        signer=None))
+    agent = SiteAgent(settings, store, backend)
+    try:
+        await agent.start()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+        assert backend.started == []
+    finally:
+        await agent.close()
+
+
+async def test_shutdown_can_stop_servers(settings: SiteAgentSettings,
+                                         store: MemoryStore) -> None:
+    backend = FakeBackend()
+    agent = SiteAgent(settings.model_copy(update={"stop_servers_on_exit": True}), store,
+                      backend)
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await agent.close()
+    last = await store.last(subjects.server("alice", ""))
+    assert last is not None
+    assert last.event.payload_as(ServerStopped).reason == "site agent shut down"
+    assert backend.stopped
+
+
+async def test_heartbeat_and_trusted_keys(settings: SiteAgentSettings, store: MemoryStore,
+                                          make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    proxy = SigningKey.generate()
+    impostor = SigningKey.generate()
+    for signer, key in ((proxy, proxy), (impostor, SigningKey.generate())):
+        await store.append(new_event(subjects.key(key.kid), KeyPublished(
+            kid=key.kid, public_key=key.public_b64, role="edge-proxy", name="p"),
+            actor="edge-proxy:p", signer=signer))
+    path = settings.trusted_keys_path
+    await wait_for(lambda: proxy.kid in json.loads(path.read_text()))
+    assert len(json.loads(path.read_text())) == 1  # not signed by its own key: refused
+    await wait_for(lambda: store._health)
+    health = await store.latest_health(subjects.health("hpc"))
+    beat = SiteHeartbeat.model_validate_json(next(iter(health.values()))[0])
+    assert beat.agent_id == "test-agent" and beat.capacity == {"cpus": 4}
