@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATH = "/_fedhub/health"
 REDIRECTS_COOKIE = "fedhub-redirects"
 MAX_REDIRECTS = 3
+ROUTE_WAIT = 0.5  # seconds per redirect round to wait for a route the hub already knows
 
 
 class EdgeProxy:
@@ -172,7 +173,7 @@ class EdgeProxy:
         """
         rounds = _int(request.cookies.get(REDIRECTS_COOKIE))
         if rounds:
-            route = await self._wait_route(path, wait=min(rounds, MAX_REDIRECTS))
+            route = await self._wait_route(path, wait=ROUTE_WAIT * min(rounds, MAX_REDIRECTS))
             if route is not None:
                 return route
         rest = path[6:].split("/", 2)

@@ -34,7 +34,7 @@ def test_toml_section_env_and_overrides(tmp_path: Path, monkeypatch: pytest.Monk
 ])
 def test_invalid_values_are_named(field: str, value: object, words: str) -> None:
     with pytest.raises(ConfigError, match="invalid EdgeProxySettings") as info:
-        load_settings(EdgeProxySettings, **{field: value})
+        load_settings(EdgeProxySettings, None, **{field: value})
     assert words in str(info.value)
 
 
