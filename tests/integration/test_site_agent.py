@@ -25,8 +25,8 @@ async def _types(store: JetStreamStore) -> list[str]:
 
 async def _until(store: JetStreamStore, last: str) -> list[str]:
     async with asyncio.timeout(90):
-        while not (types := await _types(store)) or types[-1] != last:
-            await asyncio.sleep(0.2)  # noqa: ASYNC110 - polling the log
+        while not (types := await _types(store)) or types[-1] != last:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
     return types
 
 
