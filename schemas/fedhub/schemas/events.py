@@ -191,6 +191,7 @@ class ServerReady(ServerEvent):
     site: str
     spawn_id: str
     url: str
+    target: str = ""
 
 
 class ServerStopRequested(ServerEvent):

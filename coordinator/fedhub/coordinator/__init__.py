@@ -1,0 +1,1 @@
+"""The coordinator: login, users, the spawn API and projections of the log into SQL."""

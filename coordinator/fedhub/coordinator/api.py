@@ -1,0 +1,334 @@
+"""``/hub/api``: JupyterHub's REST API where the two overlap (paths, codes, models)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from fedhub.coordinator import auth, servers, users
+from fedhub.coordinator.auth import Identity
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Token, User
+from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
+from fedhub.coordinator.reactor import wait_for_route
+from fedhub.coordinator.sites import list_sites
+from fedhub.schemas import subjects
+from fedhub.schemas.events import ServerStatus, TokenRevoked
+
+router = APIRouter(prefix="/hub/api")
+PAGINATION = "application/jupyterhub-pagination+json"
+VERSION = "0.1.0"
+KEEPALIVE = 8.0
+
+
+def hub_of(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+async def body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def user_model(hub: Hub, user: User) -> dict[str, Any]:
+    rows = users.servers_of(hub, user.name)
+    models = {r.name: servers.server_model(hub, r) for r in rows
+              if ServerStatus(r.status).active}
+    default = models.get("")
+    return {
+        "kind": "user", "name": user.name, "admin": user.admin, "groups": [], "roles": [
+            "admin" if user.admin else "user"],
+        "server": default["url"] if default and default["ready"] else None,
+        "pending": default["pending"] if default else None,
+        "created": users.iso(user.created), "last_activity": users.iso(user.last_activity),
+        "servers": models,
+    }
+
+
+def token_model(t: Token) -> dict[str, Any]:
+    return {"id": t.id, "kind": "api_token", "user": t.user, "note": t.note,
+            "created": users.iso(t.created), "expires_at": users.iso(t.expires_at)}
+
+
+def _actor(ident: Identity) -> str:
+    return f"user:{ident.name}"
+
+
+@router.get("/")
+async def version() -> dict[str, str]:
+    return {"version": VERSION}
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    return {"status": "ok", "applied": hub.projection.applied}
+
+
+@router.get("/user")
+async def whoami(request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    model = user_model(hub, users.get_user(hub, ident.name))
+    model["scopes"] = ["admin:users", "admin:servers"] if ident.admin else ["self"]
+    model["token_id"] = ident.token_id or None
+    model["session_id"] = ident.session_id or None
+    return model
+
+
+@router.get("/users")
+async def list_all(request: Request, offset: int = 0, limit: int = 50) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    if offset < 0 or not 1 <= limit <= 200:
+        raise BadRequest("offset must be >= 0 and limit between 1 and 200")
+    if ident.admin:
+        rows, total = users.list_users(hub, offset, limit)
+    else:
+        rows, total = [users.get_user(hub, ident.name)], 1
+    items = [user_model(hub, u) for u in rows]
+    if PAGINATION in request.headers.get("accept", ""):
+        nxt = {"offset": offset + limit, "limit": limit} if offset + limit < total else None
+        return JSONResponse({"items": items, "_pagination": {
+            "offset": offset, "limit": limit, "total": total, "next": nxt}})
+    return JSONResponse(items)
+
+
+@router.post("/users", status_code=201)
+async def create_many(request: Request) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    data = await body(request)
+    names = data.get("usernames")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadRequest("body must be {\"usernames\": [...], \"admin\": bool}")
+    created = []
+    for name in names:
+        try:
+            created.append(await users.create_user(hub, name, admin=bool(data.get("admin")),
+                                                   actor=_actor(ident)))
+        except Conflict:
+            continue
+    if not created and names:
+        return JSONResponse({"status": 409, "message": "all users already exist"}, 409)
+    return JSONResponse([user_model(hub, u) for u in created], 201)
+
+
+@router.get("/users/{name}")
+async def get_one(name: str, request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    return user_model(hub, user)
+
+
+@router.post("/users/{name}", status_code=201)
+async def create_one(name: str, request: Request) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    data = await body(request)
+    password = data.get("password")
+    if password is not None and not isinstance(password, str):
+        raise BadRequest("password must be a string")
+    user = await users.create_user(hub, name, admin=bool(data.get("admin")),
+                                   actor=_actor(ident), password=password)
+    return JSONResponse(user_model(hub, user), 201)
+
+
+@router.patch("/users/{name}")
+async def update_one(name: str, request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    data = await body(request)
+    if "admin" in data:
+        auth.require_admin(ident)
+    else:
+        auth.may_act_for(ident, users.valid_name(name))
+    user = await users.update_user(hub, name, admin=data.get("admin"),
+                                   password=data.get("password"), actor=_actor(ident))
+    return user_model(hub, user)
+
+
+@router.delete("/users/{name}", status_code=204)
+async def delete_one(name: str, request: Request) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    user = users.get_user(hub, name)
+    for row in users.servers_of(hub, user.name):
+        await servers.stop(hub, user.name, row.name, _actor(ident))
+    await users.delete_user(hub, user.name, actor=_actor(ident))
+    return Response(status_code=204)
+
+
+@router.post("/users/{name}/server")
+@router.post("/users/{name}/servers/{server}")
+async def start_server(name: str, request: Request, server: str = "") -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    data = await body(request)
+    options = data.get("user_options", data if "site" in data else {})
+    if not isinstance(options, dict):
+        raise BadRequest("user_options must be an object")
+    site = data.get("site", options.get("site"))
+    if site is not None and not isinstance(site, str):
+        raise BadRequest("site must be a string")
+    seq = await servers.start(hub, user.name, server, site, options, _actor(ident))
+    status = await servers.wait_until(hub, user.name, server, seq, {
+        ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED},
+        hub.settings.slow_spawn_timeout)
+    if status is ServerStatus.READY and await wait_for_route(hub, user.name, server):
+        await hub.projection.wait_for(await hub.store.last_seq())
+        return JSONResponse(servers.server_model(hub, servers.get_server(hub, user.name,
+                                                 server)), 201)
+    if status in (ServerStatus.FAILED, ServerStatus.STOPPED):
+        await hub.projection.wait_for(await hub.store.last_seq())
+        row = servers.get_server(hub, user.name, server)
+        return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
+    return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
+
+
+@router.delete("/users/{name}/server")
+@router.delete("/users/{name}/servers/{server}")
+async def stop_server(name: str, request: Request, server: str = "") -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    seq = await hub.store.last_seq()
+    if not await servers.stop(hub, user.name, server, _actor(ident)):
+        return Response(status_code=204)
+    status = await servers.wait_until(hub, user.name, server, seq, {
+        ServerStatus.STOPPED, ServerStatus.FAILED}, 10.0)
+    return Response(status_code=204 if status else 202)
+
+
+@router.get("/users/{name}/servers/{server}")
+async def get_server(name: str, server: str, request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    return servers.server_model(hub, servers.get_server(hub, user.name,
+                                                        servers.valid_server(server)))
+
+
+@router.get("/users/{name}/server/progress")
+@router.get("/users/{name}/servers/{server}/progress")
+async def progress(name: str, request: Request, server: str = "") -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    server = servers.valid_server(server)
+    try:
+        row = servers.get_server(hub, user.name, server)
+    except NotFound as exc:
+        raise BadRequest(f"server {user.name}/{server} is not starting") from exc
+    status = ServerStatus(row.status)
+    if not status.pending and status not in (ServerStatus.READY, ServerStatus.FAILED):
+        raise BadRequest(f"server {user.name}/{server} is not starting")
+    return StreamingResponse(_progress_stream(hub, user.name, server),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[str]:
+    """Replays the current spawn's events, then follows until ready or failed."""
+    url = servers.server_prefix(user, server)
+    history = [i async for i in hub.store.read(subjects.server(user, server))]
+    start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for item in servers.progress_events(hub, user, server, start - 1):
+            msg = servers.progress_message(item, url)
+            if msg is None:
+                continue
+            if msg.get("ready"):
+                await wait_for_route(hub, user, server)
+            await queue.put(msg)
+            if msg.get("ready") or msg.get("failed"):
+                break
+        await queue.put(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            except TimeoutError:
+                yield "\n\n"
+                continue
+            if msg is None:
+                return
+            yield f"data: {json.dumps(msg)}\n\n"
+    finally:
+        task.cancel()
+
+
+@router.get("/users/{name}/tokens")
+async def list_tokens(name: str, request: Request) -> dict[str, Any]:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    with hub.sessions() as db:
+        rows = db.query(Token).filter(Token.user == user.name, Token.revoked.is_(False)).all()
+        return {"api_tokens": [token_model(t) for t in rows], "oauth_tokens": []}
+
+
+@router.post("/users/{name}/tokens", status_code=201)
+async def create_token(name: str, request: Request) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    data = await body(request)
+    expires = data.get("expires_in")
+    if expires is not None and (not isinstance(expires, int | float) or expires <= 0):
+        raise BadRequest("expires_in must be a positive number of seconds")
+    note = str(data.get("note") or "Requested via api")[:256]
+    secret, record = await auth.issue_token(hub, user.name, note, expires, _actor(ident))
+    return JSONResponse({**token_model(record), "token": secret}, 201)
+
+
+@router.delete("/users/{name}/tokens/{token_id}", status_code=204)
+async def revoke_token(name: str, token_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    with hub.sessions() as db:
+        t = db.get(Token, token_id)
+        if t is None or t.user != user.name or t.revoked:
+            raise NotFound(f"no token {token_id} for {user.name}")
+    await hub.emit(subjects.token(user.name), TokenRevoked(user=user.name, token_id=token_id),
+                   actor=_actor(ident), wait=True)
+    return Response(status_code=204)
+
+
+@router.get("/sites")
+async def sites(request: Request) -> list[dict[str, Any]]:
+    hub = hub_of(request)
+    auth.require(hub, request)
+    return [s.model() for s in await list_sites(hub)]

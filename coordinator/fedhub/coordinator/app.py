@@ -1,0 +1,133 @@
+"""Wiring: the FastAPI application, its background tasks and its bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.orm import sessionmaker
+
+from fedhub.coordinator import api, pages, reactor
+from fedhub.coordinator.auth import issue_token
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import make_engine
+from fedhub.coordinator.errors import CoordinatorError, Unauthorized
+from fedhub.coordinator.projection import ProjectionRunner
+from fedhub.coordinator.settings import CoordinatorSettings
+from fedhub.coordinator.sites import register_site
+from fedhub.coordinator.users import create_user
+from fedhub.events.envelope import derived_id
+from fedhub.events.errors import EventLogError
+from fedhub.events.jetstream import JetStreamStore
+from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.events.store import EventStore
+from fedhub.schemas import subjects
+from fedhub.schemas.events import KeyPublished
+
+log = logging.getLogger(__name__)
+
+
+async def _follow_keys(hub: Hub) -> None:
+    """Keep the key ring current: tokens signed by other coordinators verify too."""
+    async for item in hub.store.follow("fedhub.key.>"):
+        try:
+            p = item.event.payload_as(KeyPublished)
+            hub.keyring.add(p.kid, p.public_key, p.role, p.name)
+        except EventLogError as exc:
+            log.warning("ignoring key event %d: %s", item.seq, exc)
+
+
+async def bootstrap(hub: Hub) -> None:
+    """First-start duties: the admin account, the configured sites, the CLI token."""
+    s = hub.settings
+    with hub.sessions() as db:
+        from fedhub.coordinator.db import User
+
+        has_admin = db.get(User, s.admin_user) is not None
+    if not has_admin and await hub.store.last(subjects.user(s.admin_user)) is None:
+        await create_user(hub, s.admin_user, admin=True, actor=hub.actor,
+                          password=s.admin_password or None)
+        log.info("created admin user %s", s.admin_user)
+    for spec in s.bootstrap_sites:
+        name, _, backend = spec.partition(":")
+        await register_site(hub, name, backend or "local", hub.actor)
+    if s.cli_token_file is not None and not s.cli_token_file.exists():
+        secret, _ = await issue_token(hub, s.admin_user, "fedhub command line", None, hub.actor)
+        s.cli_token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(s.cli_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret)
+
+
+async def open_hub(settings: CoordinatorSettings, store: EventStore | None = None) -> Hub:
+    """Connect to the log, load the key, publish it, and build the context."""
+    store = store or await JetStreamStore.connect(settings.nats_url, name="fedhub-coordinator")
+    key = SigningKey.load_or_create(settings.data_dir / "keys" / f"coordinator-{settings.name}.pem")
+    engine = make_engine(settings.db_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    keyring = KeyRing()
+    keyring.add_signing_key(key, "coordinator", settings.name)
+    hub = Hub(settings, store, key, sessions, ProjectionRunner(store, sessions), keyring)
+    await hub.emit(subjects.key(key.kid), KeyPublished(kid=key.kid, public_key=key.public_b64,
+                   role="coordinator", name=settings.name),
+                   event_id=derived_id(key.kid, "key-published"))
+    return hub
+
+
+def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -> FastAPI:
+    """The coordinator as an ASGI app; the log is opened in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = await open_hub(settings, store)
+        app.state.hub = hub
+        tasks = [asyncio.create_task(c, name=n) for n, c in (
+            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)),
+            ("keys", _follow_keys(hub)))]
+        await hub.projection.wait_for(await hub.store.last_seq(), timeout=120)
+        await bootstrap(hub)
+        log.info("coordinator %s ready on %s:%s", settings.name, settings.host, settings.port)
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if store is None:
+                close = getattr(hub.store, "close", None)
+                if close is not None:
+                    await close()
+
+    app = FastAPI(title="fedhub coordinator", lifespan=lifespan, docs_url="/hub/api/docs",
+                  openapi_url="/hub/api/openapi.json", redoc_url=None)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+
+    @app.middleware("http")
+    async def limit_body(request: Request,
+                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse({"status": 413, "message":
+                                 f"request body larger than {settings.max_body_bytes} bytes"}, 413)
+        return await call_next(request)
+
+    @app.exception_handler(CoordinatorError)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CoordinatorError)
+        if request.url.path.startswith("/hub/api"):
+            return JSONResponse({"status": exc.status, "message": exc.message}, exc.status)
+        if isinstance(exc, Unauthorized) and exc.status == 401:
+            return RedirectResponse(f"/hub/login?next={request.url.path}", 302)
+        return pages.render(request, "error.html", None, status=exc.status, title="",
+                            message=exc.message)
+
+    return app

@@ -1,0 +1,179 @@
+"""Passwords (argon2, stored only in SQL), session cookies and API tokens.
+
+Sessions and API tokens are compact tokens signed with the coordinator's key, so edge
+proxies verify them locally with the public key from the log. The log records only their
+ids (``UserLoggedIn.session_id``, ``TokenIssued.token_id``), never the tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import Request
+
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Credential, Token, User
+from fedhub.coordinator.errors import BadRequest, Forbidden, Unauthorized
+from fedhub.events.envelope import uuid7
+from fedhub.events.errors import InvalidToken
+from fedhub.schemas import subjects
+from fedhub.schemas.events import TokenIssued, UserLoggedIn, UserLoggedOut, UserLoginFailed
+
+COOKIE = "fedhub-session"
+COORDINATOR_ROLES = frozenset({"coordinator"})
+_hasher = PasswordHasher()
+# Verifying against a dummy hash keeps unknown-user logins as slow as wrong passwords.
+_DUMMY_HASH = _hasher.hash("not a password")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: the user, whether admin, and how they authenticated."""
+
+    name: str
+    admin: bool
+    via: str  # "session" | "token"
+    session_id: str = ""
+    token_id: str = ""
+
+    def xsrf(self, secret: bytes) -> str:
+        """Per-session anti-forgery value for cookie-authenticated writes."""
+        return hmac.new(secret, self.session_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def set_password(hub: Hub, user: str, password: str) -> None:
+    """Store a password hash for ``user`` (replacing any old one)."""
+    if len(password) < 8:
+        raise BadRequest("password must have at least 8 characters")
+    with hub.sessions.begin() as db:
+        db.merge(Credential(user=user, password_hash=hash_password(password)))
+
+
+def check_password(hub: Hub, user: str, password: str) -> bool:
+    with hub.sessions() as db:
+        cred = db.get(Credential, user)
+        stored = cred.password_hash if cred else _DUMMY_HASH
+    try:
+        return _hasher.verify(stored, password) and cred is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def login(hub: Hub, raw_name: str, password: str, remote: str | None) -> str:
+    """Check credentials, record the outcome in the log, return a session token.
+
+    Raises Forbidden (after logging ``UserLoginFailed``) on a bad name or password.
+    """
+    name = raw_name.strip().lower()[:64]
+    with hub.sessions() as db:
+        user = db.get(User, name)
+    if user is None or not check_password(hub, name, password):
+        reason = "unknown user" if user is None else "wrong password"
+        await hub.emit(subjects.login(name or "-"),
+                       UserLoginFailed(name=name, reason=reason, remote_addr=remote),
+                       actor=f"anonymous:{remote or '-'}")
+        raise Forbidden("Invalid username or password")
+    sid = uuid7()
+    await hub.emit(subjects.login(name), UserLoggedIn(name=name, session_id=sid,
+                   remote_addr=remote), actor=f"user:{name}")
+    exp = int(time.time() + hub.settings.cookie_max_age)
+    return hub.key.token({"typ": "session", "sub": name, "sid": sid, "exp": exp})
+
+
+async def logout(hub: Hub, ident: Identity) -> None:
+    if ident.via == "session":
+        await hub.emit(subjects.login(ident.name),
+                       UserLoggedOut(name=ident.name, session_id=ident.session_id),
+                       actor=f"user:{ident.name}")
+
+
+async def issue_token(hub: Hub, user: str, note: str, expires_in: float | None,
+                      actor: str) -> tuple[str, Token]:
+    """Create an API token for ``user``: returns (secret token, its record)."""
+    tid = "t" + uuid7().replace("-", "")[:20]
+    expires = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
+    claims: dict[str, object] = {"typ": "api", "sub": user, "jti": tid}
+    if expires:
+        claims["exp"] = int(expires.timestamp())
+    seq = await hub.emit(subjects.token(user), TokenIssued(user=user, token_id=tid, note=note,
+                         expires_at=expires), actor=actor, wait=True)
+    del seq
+    with hub.sessions() as db:
+        record = db.get(Token, tid)
+        assert record is not None
+        db.expunge(record)
+    return hub.key.token(claims), record
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip()
+    return request.query_params.get("token")
+
+
+def identify(hub: Hub, request: Request) -> Identity | None:
+    """The caller's identity from an API token or the session cookie, or None."""
+    token = _bearer(request)
+    if token is not None:
+        try:
+            claims = hub.keyring.decode_token(token, typ="api", roles=COORDINATOR_ROLES)
+        except InvalidToken as exc:
+            raise Unauthorized(f"invalid API token: {exc}") from exc
+        with hub.sessions() as db:
+            record = db.get(Token, str(claims.get("jti")))
+            user = db.get(User, str(claims.get("sub")))
+            if record is None or record.revoked or user is None:
+                raise Unauthorized("API token revoked or unknown")
+            return Identity(user.name, user.admin, "token", token_id=record.id)
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    try:
+        claims = hub.keyring.decode_token(cookie, typ="session", roles=COORDINATOR_ROLES)
+    except InvalidToken:
+        return None
+    with hub.sessions() as db:
+        user = db.get(User, str(claims.get("sub")))
+        if user is None:
+            return None
+        return Identity(user.name, user.admin, "session", session_id=str(claims.get("sid")))
+
+
+def xsrf_secret(hub: Hub) -> bytes:
+    """A secret only this coordinator's key can produce (Ed25519 signing is deterministic)."""
+    return hub.key.sign(b"fedhub-xsrf").encode()
+
+
+def require(hub: Hub, request: Request) -> Identity:
+    ident = identify(hub, request)
+    if ident is None:
+        raise Unauthorized("authentication required: log in or send 'Authorization: token ...'")
+    if ident.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
+        sent = request.headers.get("x-xsrftoken") or request.headers.get("x-fedhub-xsrf")
+        if sent is None or not hmac.compare_digest(sent, ident.xsrf(xsrf_secret(hub))):
+            raise Forbidden("missing or wrong X-XSRFToken header for a cookie-authenticated write")
+    return ident
+
+
+def may_act_for(ident: Identity, user: str) -> None:
+    """Raise Forbidden unless ``ident`` is ``user`` or an admin."""
+    if ident.name != user and not ident.admin:
+        raise Forbidden(f"{ident.name} may not act for {user}")
+
+
+def require_admin(ident: Identity) -> None:
+    """Raise Forbidden unless ``ident`` is an admin."""
+    if not ident.admin:
+        raise Forbidden(f"{ident.name} is not an admin")

@@ -1,0 +1,192 @@
+"""The ``fedhub`` command: ``up``, ``user``, ``token``, ``audit`` and the components.
+
+Component subcommands run the component's own ``__main__`` (a separate process image in
+production), so the coordinator package never imports the agent or the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedhub.coordinator.embedded import CLI_TOKEN_FILE, RUNTIME_FILE, up
+from fedhub.coordinator.settings import default_data_dir
+
+COMPONENTS = {"coordinator": "fedhub.coordinator", "site-agent": "fedhub.site_agent",
+              "edge-proxy": "fedhub.edge_proxy"}
+
+
+class CliError(Exception):
+    """A failure to report in one line, exit code 1."""
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("FEDHUB_DATA_DIR") or default_data_dir())
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, str]:
+    path = _data_dir(args) / RUNTIME_FILE
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    url = args.url or os.environ.get("FEDHUB_URL") or _runtime(args).get("url")
+    if not url:
+        raise CliError("no hub found: is `fedhub up` running? (or pass --url / FEDHUB_URL)")
+    token = args.token or os.environ.get("FEDHUB_TOKEN")
+    token_file = _data_dir(args) / CLI_TOKEN_FILE
+    if not token and token_file.exists():
+        token = token_file.read_text().strip()
+    if not token:
+        raise CliError("no API token: pass --token or set FEDHUB_TOKEN")
+    return httpx.Client(base_url=url.rstrip("/") + "/hub/api",
+                        headers={"Authorization": f"token {token}"}, timeout=30)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    try:
+        with _client(args) as client:
+            resp = client.request(method, path, json=body)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the hub: {exc}") from exc
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("message", resp.text)
+        except ValueError:
+            message = resp.text
+        raise CliError(f"{resp.status_code}: {message}")
+    return resp.json() if resp.content else None
+
+
+def _user(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        password = args.password
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"password for {args.name}: ")
+        body: dict[str, Any] = {"admin": args.admin}
+        if password:
+            body["password"] = password
+        user = _call(args, "POST", f"/users/{args.name}", body)
+        print(f"created user {user['name']}{' (admin)' if user['admin'] else ''}")
+    elif args.action == "list":
+        for user in _call(args, "GET", "/users?limit=200"):
+            running = ", ".join(f"{n or '(default)'}:{s['status']}"
+                                for n, s in user["servers"].items())
+            print(f"{user['name']:<24} {'admin' if user['admin'] else '':<6} {running}")
+    elif args.action == "delete":
+        _call(args, "DELETE", f"/users/{args.name}")
+        print(f"deleted user {args.name}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"note": args.note}
+    if args.expires_in:
+        body["expires_in"] = args.expires_in
+    result = _call(args, "POST", f"/users/{args.name}/tokens", body)
+    print(result["token"])
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from fedhub.coordinator.audit import Filter, parse_time, print_audit
+    from fedhub.events.jetstream import JetStreamStore
+
+    nats_url = args.nats_url or os.environ.get("FEDHUB_NATS_URL") or _runtime(args).get(
+        "nats_url")
+    if not nats_url:
+        raise CliError("no log found: is `fedhub up` running? (or pass --nats-url)")
+    try:
+        flt = Filter(user=args.user, site=args.site, commands=args.commands,
+                     since=parse_time(args.since) if args.since else None,
+                     until=parse_time(args.until) if args.until else None)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+    async def run() -> int:
+        store = await JetStreamStore.connect(nats_url, create_streams=False, name="fedhub-audit")
+        try:
+            return await print_audit(store, flt, args.json)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - one readable line for any store failure
+        raise CliError(f"audit failed: {exc}") from exc
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedhub", description="A federated, event-sourced hub.")
+    p.add_argument("--data-dir", help="data directory (default ~/.local/share/fedhub)")
+    p.add_argument("--url", help="hub URL for API commands (default: the running `fedhub up`)")
+    p.add_argument("--token", help="API token (default: FEDHUB_TOKEN or the up's CLI token)")
+    sub = p.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("up", help="run the embedded hub (NATS, coordinator, proxy, local site)")
+    u.add_argument("--port", type=int, default=int(os.environ.get("FEDHUB_PORT", "8000")))
+    u.add_argument("--host", default="127.0.0.1")
+    usr = sub.add_parser("user", help="manage users")
+    usr_sub = usr.add_subparsers(dest="action", required=True)
+    add = usr_sub.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true")
+    add.add_argument("--password")
+    add.add_argument("--password-stdin", action="store_true")
+    usr_sub.add_parser("list")
+    delete = usr_sub.add_parser("delete")
+    delete.add_argument("name")
+    tok = sub.add_parser("token", help="manage API tokens")
+    tok_sub = tok.add_subparsers(dest="action", required=True)
+    create = tok_sub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--note", default="created with fedhub token create")
+    create.add_argument("--expires-in", type=int)
+    aud = sub.add_parser("audit", help="print the timeline from the log")
+    aud.add_argument("--user")
+    aud.add_argument("--site")
+    aud.add_argument("--since", help="ISO time or relative (30m, 2h, 7d)")
+    aud.add_argument("--until")
+    aud.add_argument("--json", action="store_true", help="JSON lines")
+    aud.add_argument("--commands", action="store_true", help="include commands to sites")
+    aud.add_argument("--nats-url")
+    for name in COMPONENTS:
+        sub.add_parser(name, help=f"run the {name} on its own", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMPONENTS:
+        sys.argv = [f"fedhub {argv[0]}", *argv[1:]]
+        runpy.run_module(COMPONENTS[argv[0]], run_name="__main__", alter_sys=True)
+        return 0
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            return up(_data_dir(args), args.host, args.port)
+        if args.command == "user":
+            return _user(args)
+        if args.command == "token":
+            return _token(args)
+        if args.command == "audit":
+            return _audit(args)
+    except CliError as exc:
+        print(f"fedhub: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

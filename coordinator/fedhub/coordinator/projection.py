@@ -1,0 +1,134 @@
+"""The SQL projection: a fold of the log into the coordinator's tables.
+
+``apply`` is the fold; ``ProjectionRunner`` follows the log from the stored position and
+applies events in batches, recording the position in the same transaction, so a restart
+resumes where it stopped and a dropped database is rebuilt by replaying from 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedhub.coordinator.db import Position, Server, Site, Token, User
+from fedhub.events.errors import EventLogError
+from fedhub.events.store import EventStore, StoredEvent
+from fedhub.schemas import events as ev
+
+log = logging.getLogger(__name__)
+
+
+def apply(db: Session, item: StoredEvent) -> None:
+    """Apply one event to the tables in ``db`` (no commit). Unknown or malformed events
+    are logged and ignored; the fold never raises for bad data."""
+    try:
+        p = item.event.payload()
+    except EventLogError as exc:
+        log.warning("projection skips event %d (%s): %s", item.seq, item.event.type, exc)
+        return
+    when: datetime = item.event.time
+    if isinstance(p, ev.UserCreated):
+        db.merge(User(name=p.name, admin=p.admin, created=when))
+    elif isinstance(p, ev.UserUpdated):
+        if (u := db.get(User, p.name)) is not None:
+            u.admin = p.admin
+    elif isinstance(p, ev.UserDeleted):
+        if (u := db.get(User, p.name)) is not None:
+            db.delete(u)
+        db.query(Server).filter(Server.user == p.name).delete()
+        db.query(Token).filter(Token.user == p.name).update({"revoked": True})
+    elif isinstance(p, ev.UserLoggedIn):
+        if (u := db.get(User, p.name)) is not None:
+            u.last_activity = when
+    elif isinstance(p, ev.TokenIssued):
+        db.merge(Token(id=p.token_id, user=p.user, note=p.note, created=when,
+                       expires_at=p.expires_at, revoked=False))
+    elif isinstance(p, ev.TokenRevoked):
+        if (t := db.get(Token, p.token_id)) is not None:
+            t.revoked = True
+    elif isinstance(p, ev.SiteRegistered):
+        db.merge(Site(name=p.name, backend=p.backend, description=p.description,
+                      weight=p.weight))
+    elif isinstance(p, ev.SiteAgentStarted):
+        if (s := db.get(Site, p.site)) is not None:
+            s.agent_id, s.agent_started = p.agent_id, when
+    elif isinstance(p, ev.ServerEvent):
+        _apply_server(db, item.seq, when, p)
+
+
+def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent) -> None:
+    row = db.get(Server, (p.user, p.server))
+    if row is None:
+        row = Server(user=p.user, name=p.server, status=p.STATUS.value, updated=when)
+        db.add(row)
+    row.status, row.updated, row.last_seq = p.STATUS.value, when, seq
+    row.progress, row.message = p.progress, p.message
+    site = getattr(p, "site", "")
+    if site:
+        row.site = site
+    if spawn_id := getattr(p, "spawn_id", ""):
+        row.spawn_id = spawn_id
+    if isinstance(p, ev.ServerRequested):
+        row.options, row.target, row.started = dict(p.options), "", None
+    elif isinstance(p, ev.ServerStarted):
+        row.target = p.target
+    elif isinstance(p, ev.ServerReady):
+        row.started = when
+    elif isinstance(p, ev.ServerStopped | ev.ServerFailed):
+        row.target = ""
+        if (u := db.get(User, p.user)) is not None:
+            u.last_activity = when
+
+
+class ProjectionRunner:
+    """Follows the log and keeps the SQL projection current."""
+
+    def __init__(self, store: EventStore, sessions: sessionmaker[Session],
+                 name: str = "sql") -> None:
+        self._store = store
+        self._sessions = sessions
+        self._name = name
+        self.applied = 0
+        self._advanced = asyncio.Condition()
+
+    def position(self) -> int:
+        """The last sequence applied, as stored in the database."""
+        with self._sessions() as db:
+            pos = db.get(Position, self._name)
+            return pos.seq if pos else 0
+
+    async def run(self) -> None:
+        """Apply events forever, batching whatever has arrived since the last commit."""
+        self.applied = self.position()
+        queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
+
+        async def pump() -> None:
+            async for item in self._store.follow(start=self.applied + 1):
+                queue.put_nowait(item)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < 1000:
+                    batch.append(queue.get_nowait())
+                self._apply_batch(batch)
+                async with self._advanced:
+                    self.applied = batch[-1].seq
+                    self._advanced.notify_all()
+        finally:
+            pumping.cancel()
+
+    def _apply_batch(self, batch: list[StoredEvent]) -> None:
+        with self._sessions.begin() as db:
+            for item in batch:
+                apply(db, item)
+            db.merge(Position(name=self._name, seq=batch[-1].seq))
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        """Return once event ``seq`` is applied (read-your-writes for the API)."""
+        async with self._advanced:
+            await asyncio.wait_for(self._advanced.wait_for(lambda: self.applied >= seq), timeout)

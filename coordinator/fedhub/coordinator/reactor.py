@@ -1,0 +1,101 @@
+"""Reactions to site events: a started server becomes ready and routed; a stopped one
+loses its route. Every reaction checks the current state and uses derived event ids, so
+replaying, restarting or running several coordinators adds nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Position
+from fedhub.coordinator.errors import Conflict, CoordinatorError
+from fedhub.coordinator.servers import remove_route
+from fedhub.events.envelope import derived_id
+from fedhub.events.errors import EventLogError
+from fedhub.events.store import StoredEvent
+from fedhub.schemas import events as ev
+from fedhub.schemas import subjects
+from fedhub.schemas.names import server_prefix
+
+log = logging.getLogger(__name__)
+NAME = "reactor"
+
+
+def _position(sessions: sessionmaker[Session]) -> int:
+    with sessions() as db:
+        pos = db.get(Position, NAME)
+        return pos.seq if pos else 0
+
+
+async def run(hub: Hub) -> None:
+    """React to server events forever, resuming from the stored position."""
+    start = _position(hub.sessions) + 1
+    async for item in hub.store.follow("fedhub.server.>", start=start):
+        try:
+            await react(hub, item)
+        except (EventLogError, CoordinatorError) as exc:
+            log.warning("reaction to event %d (%s) failed: %s", item.seq, item.event.type, exc)
+        except asyncio.CancelledError:
+            raise
+        with hub.sessions.begin() as db:
+            db.merge(Position(name=NAME, seq=item.seq))
+
+
+async def react(hub: Hub, item: StoredEvent) -> None:
+    """Apply the reaction (if any) to one server event."""
+    try:
+        p = item.event.payload()
+    except EventLogError as exc:
+        log.warning("reactor skips event %d: %s", item.seq, exc)
+        return
+    if isinstance(p, ev.ServerStarted):
+        await _ready(hub, item, p)
+    elif isinstance(p, ev.ServerReady):
+        await _route(hub, item, p)
+    elif isinstance(p, ev.ServerStopped | ev.ServerFailed):
+        await remove_route(hub, p.user, p.server, p.reason or "server ended",
+                           parent=item.event.id)
+
+
+async def _ready(hub: Hub, item: StoredEvent, p: ev.ServerStarted) -> None:
+    url = server_prefix(p.user, p.server)
+    try:
+        await hub.emit(item.event.subject, ev.ServerReady(
+            user=p.user, server=p.server, site=p.site, spawn_id=p.spawn_id, url=url,
+            target=p.target, progress=100, message=f"Server ready at {url}"),
+            expected_seq=item.seq, event_id=derived_id(item.event.id, "ready"))
+    except Conflict:
+        return  # the server moved on (stop requested) or another coordinator did it
+
+
+async def _route(hub: Hub, item: StoredEvent, p: ev.ServerReady) -> None:
+    latest = await hub.store.last(item.event.subject)
+    if latest is None or latest.seq != item.seq:
+        return  # no longer ready: do not route to it
+    subject = subjects.route(p.user, p.server)
+    route = await hub.store.last(subject)
+    if route is not None and route.event.type == ev.RouteAdded.TYPE \
+            and route.event.data.get("target") == p.target:
+        return
+    try:
+        await hub.emit(subject, ev.RouteAdded(
+            prefix=p.url, target=p.target, user=p.user, server=p.server, site=p.site),
+            expected_seq=route.seq if route else 0, event_id=derived_id(item.event.id, "route"))
+    except Conflict:
+        return
+
+
+async def wait_for_route(hub: Hub, user: str, server: str, timeout: float = 5.0) -> bool:
+    """True once the route of the server is in the log (edge proxies then follow)."""
+    subject = subjects.route(user, server)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        last = await hub.store.last(subject)
+        if last is not None and last.event.type == ev.RouteAdded.TYPE:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)

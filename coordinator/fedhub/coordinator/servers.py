@@ -1,0 +1,179 @@
+"""Starting, stopping and watching servers. Decisions are made on the latest event of the
+server's subject and appended with that sequence expected, so two coordinators can never
+both start (or both stop) the same server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Server
+from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
+from fedhub.coordinator.sites import choose_site
+from fedhub.coordinator.users import get_user, iso
+from fedhub.events.envelope import derived_id, uuid7
+from fedhub.events.errors import EventLogError
+from fedhub.events.store import StoredEvent
+from fedhub.schemas import events as ev
+from fedhub.schemas import subjects
+from fedhub.schemas.names import InvalidName, server_prefix, validate_server_name
+
+MAX_OPTIONS_BYTES = 16 * 1024
+
+
+def valid_server(raw: str) -> str:
+    try:
+        return validate_server_name(raw)
+    except InvalidName as exc:
+        raise BadRequest(f"invalid server name {raw[:80]!r}: {exc}") from exc
+
+
+def status_of(item: StoredEvent | None) -> ev.ServerStatus:
+    if item is None:
+        return ev.ServerStatus.STOPPED
+    cls = ev.SERVER_EVENTS.get(item.event.type)
+    return cls.STATUS if cls else ev.ServerStatus.STOPPED
+
+
+async def start(hub: Hub, user: str, server: str, site: str | None,
+                options: dict[str, Any], actor: str) -> int:
+    """Request a server; returns the sequence of the request. Raises BadRequest if it is
+    already running or pending, or for an unknown user, site or invalid options."""
+    user = get_user(hub, user).name
+    server = valid_server(server)
+    if len(json.dumps(options)) > MAX_OPTIONS_BYTES:
+        raise BadRequest(f"user_options larger than {MAX_OPTIONS_BYTES} bytes")
+    subject = subjects.server(user, server)
+    last = await hub.store.last(subject)
+    if status_of(last).active:
+        raise BadRequest(f"server {user}/{server} is already {status_of(last).value}")
+    chosen, reason = await choose_site(hub, site)
+    spawn_id = uuid7()
+    try:
+        seq = await hub.emit(subject, ev.ServerRequested(
+            user=user, server=server, site=site or "auto", options=options, spawn_id=spawn_id,
+            progress=0, message="Server requested"), actor=actor,
+            expected_seq=last.seq if last else 0)
+    except Conflict as exc:
+        raise BadRequest(f"server {user}/{server} is already starting") from exc
+    seq = await hub.emit(subject, ev.ServerAccepted(
+        user=user, server=server, site=chosen, spawn_id=spawn_id, reason=reason, progress=10,
+        message=f"Site {chosen} chosen ({reason})"), expected_seq=seq)
+    await hub.emit(subjects.command(chosen, "start"), ev.StartServer(
+        user=user, server=server, spawn_id=spawn_id, prefix=server_prefix(user, server),
+        options=options), event_id=derived_id(spawn_id, "start-command"))
+    return seq
+
+
+async def stop(hub: Hub, user: str, server: str, actor: str) -> bool:
+    """Ask the site to stop a server. Returns False if it was not running (nothing to do).
+    The route is removed at once so no request reaches a server being stopped."""
+    user = get_user(hub, user).name
+    server = valid_server(server)
+    subject = subjects.server(user, server)
+    for _attempt in range(3):
+        last = await hub.store.last(subject)
+        status = status_of(last)
+        if last is None or not status.active:
+            return False
+        if status is ev.ServerStatus.STOPPING:
+            return True
+        p = last.event.payload()
+        site, spawn_id = getattr(p, "site", ""), getattr(p, "spawn_id", "")
+        try:
+            await hub.emit(subject, ev.ServerStopRequested(
+                user=user, server=server, site=site, spawn_id=spawn_id, requested_by=actor,
+                progress=0, message="Stopping server"), actor=actor, expected_seq=last.seq)
+        except Conflict:
+            continue  # the agent moved it on meanwhile: decide again on the new state
+        await remove_route(hub, user, server, "server stopping", parent=spawn_id)
+        await hub.emit(subjects.command(site, "stop"), ev.StopServer(
+            user=user, server=server, spawn_id=spawn_id, reason=f"requested by {actor}"),
+            event_id=derived_id(spawn_id, "stop-command"))
+        return True
+    raise Conflict(f"server {user}/{server} keeps changing; try again")
+
+
+async def remove_route(hub: Hub, user: str, server: str, reason: str, parent: str) -> None:
+    """Append RouteRemoved if the route is currently present (idempotent)."""
+    subject = subjects.route(user, server)
+    last = await hub.store.last(subject)
+    if last is None or last.event.type != ev.RouteAdded.TYPE:
+        return
+    try:
+        await hub.emit(subject, ev.RouteRemoved(prefix=server_prefix(user, server), user=user,
+                       server=server, reason=reason), expected_seq=last.seq,
+                       event_id=derived_id(parent, "route-removed"))
+    except Conflict:
+        pass  # someone else changed the route first
+
+
+async def wait_until(hub: Hub, user: str, server: str, after: int, done: set[ev.ServerStatus],
+                     timeout: float) -> ev.ServerStatus | None:
+    """Follow the server's events after ``after`` until one has a status in ``done``."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for item in progress_events(hub, user, server, after):
+                if status_of(item) in done:
+                    return status_of(item)
+    except TimeoutError:
+        return None
+    return None
+
+
+async def progress_events(hub: Hub, user: str, server: str,
+                          after: int) -> AsyncIterator[StoredEvent]:
+    async with aclosing(hub.store.follow(subjects.server(user, server), start=after + 1)) as it:
+        async for item in it:
+            yield item
+
+
+def progress_message(item: StoredEvent, url: str) -> dict[str, Any] | None:
+    """JupyterHub's progress event for one server event (None: not shown)."""
+    try:
+        p = item.event.payload()
+    except EventLogError:
+        return None
+    if not isinstance(p, ev.ServerEvent):
+        return None
+    if isinstance(p, ev.ServerReady):
+        return {"progress": 100, "ready": True, "message": f"Server ready at {url}",
+                "html_message": f'Server ready at <a href="{url}">{url}</a>', "url": url}
+    if isinstance(p, ev.ServerFailed):
+        return {"progress": 100, "failed": True,
+                "message": p.message or f"Spawn failed: {p.reason}"}
+    if isinstance(p, ev.ServerStopped):
+        return {"progress": 100, "failed": True,
+                "message": f"Server stopped: {p.reason}" if p.reason else "Spawn cancelled"}
+    if isinstance(p, ev.ServerStopRequested):
+        return {"progress": 100, "failed": True, "message": "Spawn cancelled"}
+    return {"progress": p.progress, "message": p.message}
+
+
+def server_model(hub: Hub, row: Server) -> dict[str, Any]:
+    """JupyterHub's server model, plus fedhub's ``site`` and ``status``."""
+    status = ev.ServerStatus(row.status)
+    prefix = server_prefix(row.user, row.name)
+    base = f"/hub/api/users/{row.user}/" + (f"servers/{row.name}" if row.name else "server")
+    pending = "spawn" if status.pending else "stop" if status is ev.ServerStatus.STOPPING else None
+    return {
+        "name": row.name, "full_name": f"{row.user}/{row.name}", "url": prefix,
+        "full_url": hub.settings.public_url + prefix, "ready": status is ev.ServerStatus.READY,
+        "pending": pending, "stopped": not status.active, "started": iso(row.started),
+        "last_activity": iso(row.updated), "user_options": row.options,
+        "progress_url": f"{base}/progress", "site": row.site, "status": row.status,
+        "message": row.message,
+    }
+
+
+def get_server(hub: Hub, user: str, server: str) -> Server:
+    with hub.sessions() as db:
+        row = db.get(Server, (user, server))
+        if row is None:
+            raise NotFound(f"no server {server!r} for user {user}")
+        db.expunge(row)
+        return row

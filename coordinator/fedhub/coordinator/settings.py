@@ -1,0 +1,58 @@
+"""Coordinator settings (env prefix ``FEDHUB_``, TOML table ``[coordinator]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedhub.schemas.names import InvalidName, normalize_user_name
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "fedhub"
+
+
+class CoordinatorSettings(BaseSettings):
+    """Everything the coordinator needs; secrets stay in files under ``data_dir``."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDHUB_", extra="ignore")
+    toml_section: ClassVar[str] = "coordinator"
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""  # default: SQLite in data_dir
+    public_url: str = "http://127.0.0.1:8000"
+    name: str = "coordinator"
+    admin_user: str = "admin"
+    admin_password: str = ""  # set on first start only; never logged
+    bootstrap_sites: list[str] = Field(default_factory=list)  # "name:backend"
+    cli_token_file: Path | None = None
+    cookie_max_age: float = Field(14 * 24 * 3600, gt=0)
+    slow_spawn_timeout: float = Field(10.0, ge=0)
+    site_offline_after: float = Field(15.0, gt=0)
+    max_body_bytes: int = Field(1 << 20, gt=0)
+
+    @field_validator("admin_user")
+    @classmethod
+    def _admin_name(cls, value: str) -> str:
+        try:
+            return normalize_user_name(value)
+        except InvalidName as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL (SQLite under data_dir unless database_url is set)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'coordinator.sqlite'}"

@@ -1,0 +1,98 @@
+"""Sites as the coordinator sees them: registration from the log, health from heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Site
+from fedhub.coordinator.errors import BadRequest
+from fedhub.events.errors import StoreUnavailable
+from fedhub.schemas import subjects
+from fedhub.schemas.events import SiteRegistered
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteView:
+    name: str
+    backend: str
+    description: str
+    weight: int
+    status: str  # "online" | "offline" | "unknown"
+    last_seen: datetime | None
+    servers: int = 0
+    capacity: dict[str, Any] = field(default_factory=dict)
+
+    def model(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "backend": self.backend, "description": self.description,
+            "weight": self.weight, "status": self.status, "servers": self.servers,
+            "capacity": self.capacity,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+        }
+
+
+async def list_sites(hub: Hub) -> list[SiteView]:
+    """Every registered site with its health from the latest heartbeat."""
+    try:
+        beats = await hub.store.latest_health(f"{subjects.HEALTH_ROOT}.site.>")
+    except StoreUnavailable as exc:
+        log.warning("cannot read site health: %s", exc)
+        beats = {}
+    now = datetime.now(UTC)
+    with hub.sessions() as db:
+        rows = db.query(Site).order_by(Site.name).all()
+        out = []
+        for row in rows:
+            beat = beats.get(subjects.health(row.name))
+            status, seen, servers, capacity = "unknown", None, 0, {}
+            if beat is not None:
+                seen = beat[1]
+                age = (now - seen).total_seconds()
+                status = "online" if age <= hub.settings.site_offline_after else "offline"
+                try:
+                    data = json.loads(beat[0])
+                    servers, capacity = int(data.get("servers", 0)), dict(data.get("capacity", {}))
+                except (ValueError, TypeError, AttributeError):
+                    log.warning("malformed heartbeat from site %s", row.name)
+            out.append(SiteView(row.name, row.backend, row.description, row.weight, status,
+                                seen, servers, capacity))
+        return out
+
+
+async def choose_site(hub: Hub, requested: str | None) -> tuple[str, str]:
+    """The site to use and why; raises BadRequest for unknown, offline or drained sites."""
+    sites = await list_sites(hub)
+    if not sites:
+        raise BadRequest("no sites are registered")
+    if requested in (None, "", "auto"):
+        usable = [s for s in sites if s.status == "online" and s.weight > 0]
+        if not usable:
+            raise BadRequest("no site is online and accepting servers")
+        best = max(usable, key=lambda s: (s.weight, -s.servers))
+        return best.name, f"auto: online, weight {best.weight}, {best.servers} servers running"
+    match = next((s for s in sites if s.name == requested), None)
+    if match is None:
+        known = ", ".join(s.name for s in sites)
+        raise BadRequest(f"unknown site {requested!r}; known sites: {known}")
+    if match.status != "online":
+        raise BadRequest(f"site {match.name} is {match.status}: its agent has not reported in")
+    if match.weight <= 0:
+        raise BadRequest(f"site {match.name} is drained and takes no new servers")
+    return match.name, "chosen by the user"
+
+
+async def register_site(hub: Hub, name: str, backend: str, actor: str) -> None:
+    """Record a site in the log unless it is registered already (idempotent)."""
+    if await hub.store.last(subjects.site(name)) is not None:
+        with hub.sessions() as db:
+            if db.get(Site, name) is not None:
+                return
+    await hub.emit(subjects.site(name), SiteRegistered(name=name, backend=backend), actor=actor,
+                   wait=True)

@@ -1,0 +1,84 @@
+"""User accounts: every change is appended to the log before it takes effect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedhub.coordinator.auth import set_password
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.db import Server, User
+from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
+from fedhub.schemas import subjects
+from fedhub.schemas.events import UserCreated, UserDeleted, UserUpdated
+from fedhub.schemas.names import InvalidName, normalize_user_name
+
+
+def valid_name(raw: str) -> str:
+    try:
+        return normalize_user_name(raw)
+    except InvalidName as exc:
+        raise BadRequest(f"invalid user name {raw[:80]!r}: {exc}") from exc
+
+
+async def create_user(hub: Hub, raw: str, *, admin: bool, actor: str,
+                      password: str | None = None) -> User:
+    """Create a user (raises Conflict if it exists). Idempotency: none; 409 on retry."""
+    name = valid_name(raw)
+    last = await hub.store.last(subjects.user(name))
+    if last is not None and last.event.type != UserDeleted.TYPE:
+        raise Conflict(f"user {name} already exists")
+    if password is not None:
+        set_password(hub, name, password)  # validates before anything enters the log
+    await hub.emit(subjects.user(name), UserCreated(name=name, admin=admin), actor=actor,
+                   expected_seq=last.seq if last else 0, wait=True)
+    return get_user(hub, name)
+
+
+async def update_user(hub: Hub, name: str, *, admin: bool | None, password: str | None,
+                      actor: str) -> User:
+    user = get_user(hub, name)
+    if password is not None:
+        set_password(hub, name, password)
+    if admin is not None and admin != user.admin:
+        last = await hub.store.last(subjects.user(name))
+        await hub.emit(subjects.user(name), UserUpdated(name=name, admin=admin), actor=actor,
+                       expected_seq=last.seq if last else 0, wait=True)
+    return get_user(hub, name)
+
+
+async def delete_user(hub: Hub, name: str, *, actor: str) -> None:
+    get_user(hub, name)
+    last = await hub.store.last(subjects.user(name))
+    await hub.emit(subjects.user(name), UserDeleted(name=name), actor=actor,
+                   expected_seq=last.seq if last else 0, wait=True)
+
+
+def get_user(hub: Hub, raw: str) -> User:
+    name = valid_name(raw)
+    with hub.sessions() as db:
+        user = db.get(User, name)
+        if user is None:
+            raise NotFound(f"no such user: {name}")
+        db.expunge(user)
+        return user
+
+
+def list_users(hub: Hub, offset: int, limit: int) -> tuple[list[User], int]:
+    with hub.sessions() as db:
+        total = db.query(User).count()
+        rows = db.query(User).order_by(User.name).offset(offset).limit(limit).all()
+        for r in rows:
+            db.expunge(r)
+        return rows, total
+
+
+def servers_of(hub: Hub, name: str) -> list[Server]:
+    with hub.sessions() as db:
+        rows = db.query(Server).filter(Server.user == name).order_by(Server.name).all()
+        for r in rows:
+            db.expunge(r)
+        return rows
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
