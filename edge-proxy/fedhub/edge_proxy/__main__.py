@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fedhub.edge_proxy.proxy import EdgeProxy
@@ -51,6 +52,15 @@ async def serve(settings: EdgeProxySettings) -> None:
         await store.close()
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    # uvloop (installed with uvicorn[standard]) roughly doubles proxy throughput.
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for unusable settings)."""
     args = parse_args(argv)
@@ -64,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings))
     except StoreUnavailable as exc:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,6 @@ from fedhub.edge_proxy.errors import (
 from fedhub.edge_proxy.headers import downstream_headers
 
 log = logging.getLogger(__name__)
-_CHUNK = 64 * 1024
 
 
 def translate(exc: BaseException) -> UpstreamError:
@@ -99,24 +98,26 @@ class Forwarder:
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise translate(exc) from exc
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason,
+            headers=downstream_headers(upstream.headers),
+        )
         try:
-            response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason,
-                headers=downstream_headers(upstream.headers),
-            )
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(_CHUNK):
+            async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
+        except ConnectionError:
+            # The client went away (aiohttp's ClientConnectionResetError lands here too):
+            # nobody is left to answer, so drop the upstream connection quietly.
+            upstream.close()
+            return response
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.info("upstream %s failed mid-response: %s", url.origin(), translate(exc))
             upstream.close()
             if request.transport is not None:
                 request.transport.abort()
             return response
-        except ConnectionError:  # the client went away
-            upstream.close()
-            raise
         finally:
             upstream.release()
         return response
