@@ -115,12 +115,13 @@ class EdgeProxy:
         return await self._forward(request, self._hub, None, None, "the hub")
 
     def _health(self) -> web.Response:
+        ready = self.ready and self._follower is not None and not self._follower.done()
         body = {
-            "ready": self.ready,
+            "ready": ready,
             "routes": len(self.state.routes),
             "uptime": round(time.monotonic() - self._started, 3),
         }
-        return pages.json_response(200 if self.ready else 503, body)
+        return pages.json_response(200 if ready else 503, body)
 
     async def _user(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         route = self.state.routes.match(path)

@@ -86,6 +86,8 @@ def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
     except ValueError as exc:  # e.g. a route target that is not a URL
         log.warning("skipping event %d (%s on %s): invalid: %s",
                     stored.seq, event.type, event.subject, exc)
+    except Exception:  # a bug here must not stop the proxy from following the log
+        log.exception("skipping event %d (%s on %s)", stored.seq, event.type, event.subject)
     return state
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 
 from fedhub.edge_proxy.state import ProxyState, apply
 from fedhub.events.envelope import derived_id, new_event
@@ -45,8 +46,9 @@ async def rebuild(store: EventStore, state: ProxyState) -> int:
     for stored in await store.latest_per_subject("fedhub.user.>"):
         apply(state, stored)
     for family in ("fedhub.login.>", "fedhub.token.>"):
-        async for stored in store.read(family):
-            apply(state, stored)
+        async with aclosing(store.read(family)) as events:
+            async for stored in events:
+                apply(state, stored)
     for stored in await store.latest_per_subject("fedhub.route.>"):
         apply(state, stored)
     state.seq = max(state.seq, last)
@@ -64,12 +66,16 @@ async def follow(
     position = start
     while True:
         try:
-            async for stored in store.follow("fedhub.>", start=position):
-                apply(state, stored)
-                position = stored.seq + 1
-                if on_change is not None:
-                    on_change()
+            # aclosing: a cancelled follower must release the store's subscription now.
+            async with aclosing(store.follow("fedhub.>", start=position)) as events:
+                async for stored in events:
+                    apply(state, stored)
+                    position = stored.seq + 1
+                    if on_change is not None:
+                        on_change()
         except EventLogError as exc:
             log.warning("following the log failed at %d (%s); retrying in %.0fs",
                         position, exc, retry)
+        except Exception:  # an untranslated client error: keep following all the same
+            log.exception("following the log failed at %d; retrying in %.0fs", position, retry)
         await asyncio.sleep(retry)
