@@ -305,6 +305,16 @@ async def test_route_arriving_while_redirected_is_used(
     await store.append(world.route("alice", upstream.url))
     status, _, body = await request
     assert status == 200 and body["path"] == "/user/alice/lab"
+    # The coordinator's own counter (?redirects=N) makes the proxy wait as well.
+    await store.append(world.unroute("alice"))
+    await asyncio.sleep(0.05)
+    headers = {"Cookie": f"fedhub-session={world.session('alice')}", **HTML}
+    request = asyncio.ensure_future(
+        get(client, f"{proxy.url}/user/alice/?redirects=1", headers=headers))
+    await asyncio.sleep(0.2)
+    await store.append(world.route("alice", upstream.url))
+    status, _, body = await request
+    assert status == 200 and body["path"] == "/user/alice/?redirects=1"
 
 
 async def test_named_server_redirect(

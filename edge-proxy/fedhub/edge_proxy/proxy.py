@@ -172,7 +172,9 @@ class EdgeProxy:
         back (it already saw the route, we did not yet), a counter cookie breaks the loop:
         wait a little for the route, and give up with a page after a few rounds.
         """
-        rounds = _int(request.cookies.get(REDIRECTS_COOKIE))
+        # The coordinator counts its own rounds in ?redirects=N when it sends a browser back.
+        rounds = max(_int(request.cookies.get(REDIRECTS_COOKIE)),
+                     _int(request.query.get("redirects")))
         if rounds:
             route = await self._wait_route(path, wait=ROUTE_WAIT * min(rounds, MAX_REDIRECTS))
             if route is not None:
