@@ -19,6 +19,7 @@ from fedhub.coordinator.reactor import wait_for_route
 from fedhub.coordinator.sites import list_sites
 from fedhub.schemas import subjects
 from fedhub.schemas.events import ServerStatus, TokenRevoked
+from fedhub.schemas.names import server_prefix
 
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -186,10 +187,11 @@ async def start_server(name: str, request: Request, server: str = "") -> Respons
     user = users.get_user(hub, name)
     auth.may_act_for(ident, user.name)
     data = await body(request)
-    options = data.get("user_options", data if "site" in data else {})
+    # JupyterHub 6 sends {"user_options": {...}}; older clients send the options as the body.
+    options = data.get("user_options") if "user_options" in data else dict(data)
     if not isinstance(options, dict):
         raise BadRequest("user_options must be an object")
-    site = data.get("site", options.get("site"))
+    site = data.get("site", options.pop("site", None))
     if site is not None and not isinstance(site, str):
         raise BadRequest("site must be a string")
     seq = await servers.start(hub, user.name, server, site, options, _actor(ident))
@@ -254,7 +256,7 @@ async def progress(name: str, request: Request, server: str = "") -> Response:
 
 async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[str]:
     """Replays the current spawn's events, then follows until ready or failed."""
-    url = servers.server_prefix(user, server)
+    url = server_prefix(user, server)
     history = [i async for i in hub.store.read(subjects.server(user, server))]
     start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()

@@ -85,10 +85,10 @@ class Embedded:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
-        proc = subprocess.Popen(argv, env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy
+            proc = subprocess.Popen(argv, env={**clean, **env}, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.children.append(Child(name, proc))
         return proc
 

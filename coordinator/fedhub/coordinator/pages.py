@@ -14,7 +14,7 @@ from fedhub.coordinator import auth, servers, users
 from fedhub.coordinator.api import hub_of
 from fedhub.coordinator.auth import COOKIE, Identity, xsrf_secret
 from fedhub.coordinator.db import Token
-from fedhub.coordinator.errors import Forbidden
+from fedhub.coordinator.errors import Forbidden, NotFound
 from fedhub.coordinator.sites import list_sites
 from fedhub.schemas.events import ServerStatus
 from fedhub.schemas.names import server_prefix
@@ -131,7 +131,7 @@ async def not_running(user: str, request: Request, server: str = "",
         if status.pending:
             return RedirectResponse(f"/hub/spawn-pending/{quote(name, safe='@')}/{server}", 302)
         message = row.message
-    except users.NotFound:
+    except NotFound:
         pass
     api_path = f"/users/{quote(name, safe='@')}/" + (f"servers/{server}" if server else "server")
     return render(request, "not_running.html", ident, status=424, url=prefix, message=message,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -126,7 +126,7 @@ async def wait_until(hub: Hub, user: str, server: str, after: int, done: set[ev.
 
 
 async def progress_events(hub: Hub, user: str, server: str,
-                          after: int) -> AsyncIterator[StoredEvent]:
+                          after: int) -> AsyncGenerator[StoredEvent, None]:
     async with aclosing(hub.store.follow(subjects.server(user, server), start=after + 1)) as it:
         async for item in it:
             yield item

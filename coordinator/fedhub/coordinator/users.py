@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 from fedhub.coordinator.auth import set_password
 from fedhub.coordinator.context import Hub
@@ -80,5 +80,10 @@ def servers_of(hub: Hub, name: str) -> list[Server]:
         return rows
 
 
-def iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` (SQLite hands datetimes back without a zone)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

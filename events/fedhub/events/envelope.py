@@ -6,6 +6,7 @@ signature covers the canonical JSON of every field but ``signature`` itself.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -88,7 +89,7 @@ class Envelope(BaseModel):
         except ValidationError as exc:
             raise MalformedEvent(f"invalid {self.type} data: {exc.errors()[0]['msg']}") from exc
 
-    def payload_as(self, cls: type[P]) -> P:
+    def payload_as(self, cls: builtins.type[P]) -> P:
         """The payload, checked to be of type ``cls``."""
         value = self.payload()
         if not isinstance(value, cls):

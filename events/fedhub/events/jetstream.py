@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -168,11 +168,15 @@ class JetStreamStore:
 
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         """An ordered (flow-controlled, gap-free) push consumer over ``subjects``."""
         sub = await self._js.subscribe(
-            subjects, stream=self._stream, ordered_consumer=True, config=config,
-            pending_msgs_limit=-1, pending_bytes_limit=-1,
+            subjects,
+            stream=self._stream,
+            ordered_consumer=True,
+            config=config,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
         )
         try:
             if until_caught_up:
@@ -207,13 +211,13 @@ class JetStreamStore:
 
     async def read(
         self, subjects: str = ALL, *, start: int = 1
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         async for item in self._ordered(subjects, self._start_config(start), until_caught_up=True):
             yield item
 
     async def follow(
         self, subjects: str = ALL, *, start: int = 1
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         async for item in self._ordered(subjects, self._start_config(start), until_caught_up=False):
             yield item
 
@@ -221,13 +225,18 @@ class JetStreamStore:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
         return [item async for item in self._ordered(subjects, cfg, until_caught_up=True)]
 
-    async def consume(self, subjects: str, *, durable: str) -> AsyncIterator[_JetStreamDelivery]:
+    async def consume(
+        self, subjects: str, *, durable: str
+    ) -> AsyncGenerator[_JetStreamDelivery, None]:
         cfg = jsapi.ConsumerConfig(
-            ack_policy=jsapi.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1,
+            ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_deliver=-1,
             filter_subject=subjects,
         )
-        sub = await self._js.pull_subscribe(subjects, durable=durable, stream=self._stream,
-                                            config=cfg)
+        sub = await self._js.pull_subscribe(
+            subjects, durable=durable, stream=self._stream, config=cfg
+        )
         batch: list[Msg] = []
         try:
             while True:
@@ -267,8 +276,9 @@ class JetStreamStore:
 
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
-        sub = await self._js.subscribe(subjects, stream=HEALTH_STREAM, ordered_consumer=True,
-                                       config=cfg)
+        sub = await self._js.subscribe(
+            subjects, stream=HEALTH_STREAM, ordered_consumer=True, config=cfg
+        )
         out: dict[str, tuple[bytes, datetime]] = {}
         try:
             info = await sub.consumer_info()

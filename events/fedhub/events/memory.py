@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from fedhub.events.envelope import Envelope, decode
 from fedhub.events.errors import ConcurrencyError, MalformedEvent
@@ -99,7 +100,7 @@ class MemoryStore:
 
     async def read(
         self, subjects: str = "fedhub.>", *, start: int = 1
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         end = len(self._messages)
         for msg in self._messages[max(start, 1) - 1 : end]:
             if matches(subjects, msg.subject) and (item := self._decoded(msg)) is not None:
@@ -107,7 +108,7 @@ class MemoryStore:
 
     async def follow(
         self, subjects: str = "fedhub.>", *, start: int = 1
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         position = max(start, 1)
         while True:
             while position <= len(self._messages):
@@ -116,7 +117,7 @@ class MemoryStore:
                 if matches(subjects, msg.subject) and (item := self._decoded(msg)) is not None:
                     yield item
             async with self._changed:
-                await self._changed.wait_for(lambda p=position: p <= len(self._messages))
+                await self._changed.wait_for(partial(self._beyond, position))
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
         seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
@@ -126,7 +127,9 @@ class MemoryStore:
                 out.append(item)
         return out
 
-    async def consume(self, subjects: str, *, durable: str) -> AsyncIterator[_MemoryDelivery]:
+    async def consume(
+        self, subjects: str, *, durable: str
+    ) -> AsyncGenerator[_MemoryDelivery, None]:
         consumer = self._consumers.setdefault(durable, _Consumer(subjects, self._changed))
         consumer.in_flight.clear()  # a restarted consumer gets its unacked messages again
         while True:
@@ -143,13 +146,17 @@ class MemoryStore:
                 yield _MemoryDelivery(msg.seq, item.event, consumer)
             count = len(self._messages)
             async with self._changed:
-                await self._changed.wait_for(lambda n=count: self._has_work(consumer, n))
+                await self._changed.wait_for(partial(self._has_work, consumer, count))
+
+    def _beyond(self, position: int) -> bool:
+        return position <= len(self._messages)
 
     def _has_work(self, consumer: _Consumer, seen: int) -> bool:
         if len(self._messages) > seen:
             return True
         return any(
-            m.seq not in consumer.acked and m.seq not in consumer.in_flight
+            m.seq not in consumer.acked
+            and m.seq not in consumer.in_flight
             and matches(consumer.subjects, m.subject)
             for m in self._messages
         )

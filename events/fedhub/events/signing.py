@@ -83,7 +83,8 @@ class SigningKey:
 
     def token(self, claims: dict[str, Any]) -> str:
         """A compact signed token carrying ``claims`` plus this key's ``kid``."""
-        body = b64e(json.dumps({**claims, "kid": self.kid}, separators=(",", ":")).encode())
+        claims = {"iat": int(time.time()), **claims, "kid": self.kid}
+        body = b64e(json.dumps(claims, separators=(",", ":")).encode())
         return f"{body}.{self.sign(body.encode())}"
 
 
@@ -160,6 +161,8 @@ class KeyRing:
         if claims.get("typ") != typ:
             raise InvalidToken(f"expected a {typ} token")
         exp = claims.get("exp")
-        if exp is not None and (not isinstance(exp, int | float) or exp < (now or time.time())):
+        if exp is not None and (
+            not isinstance(exp, int | float) or exp < (time.time() if now is None else now)
+        ):
             raise InvalidToken("token expired")
         return claims

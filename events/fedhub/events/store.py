@@ -6,7 +6,7 @@ tested against the in-memory store behaves the same against NATS.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -61,7 +61,9 @@ class EventStore(Protocol):
         """
         ...
 
-    def read(self, subjects: str = "fedhub.>", *, start: int = 1) -> AsyncIterator[StoredEvent]:
+    def read(
+        self, subjects: str = "fedhub.>", *, start: int = 1
+    ) -> AsyncGenerator[StoredEvent, None]:
         """Events matching the wildcard ``subjects`` with sequence >= ``start``, in order,
         up to the end of the log as it was when iteration began, then stop.
 
@@ -69,7 +71,9 @@ class EventStore(Protocol):
         """
         ...
 
-    def follow(self, subjects: str = "fedhub.>", *, start: int = 1) -> AsyncIterator[StoredEvent]:
+    def follow(
+        self, subjects: str = "fedhub.>", *, start: int = 1
+    ) -> AsyncGenerator[StoredEvent, None]:
         """Like :meth:`read`, then keep yielding new events as they are appended (forever)."""
         ...
 
@@ -77,7 +81,7 @@ class EventStore(Protocol):
         """The latest event of every subject matching ``subjects``, in sequence order."""
         ...
 
-    def consume(self, subjects: str, *, durable: str) -> AsyncIterator[Delivery]:
+    def consume(self, subjects: str, *, durable: str) -> AsyncGenerator[Delivery, None]:
         """Deliveries for a durable consumer named ``durable`` (created on first use).
 
         Every matching message is delivered until acked, across restarts of the consumer;

@@ -1,0 +1,154 @@
+"""The hub's components as real processes, each restartable on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.services import free_port
+
+ADMIN_PASSWORD = "admin-password-123"
+
+
+@dataclass
+class Component:
+    name: str
+    module: str
+    env: dict[str, str]
+    log: Path
+    health: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+        with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module],
+                                         env={**clean, **self.env}, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        if self.health:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
+                try:
+                    if httpx.get(self.health, timeout=1).status_code < 500:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            raise RuntimeError(f"{self.name} not healthy: {self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Hub:
+    """A running hub: coordinator, edge proxy and the ``local`` site agent."""
+
+    root: Path
+    nats_url: str
+    components: dict[str, Component] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.components['edge-proxy'].env['FEDHUB_PORT']}"
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://127.0.0.1:{self.components['coordinator'].env['FEDHUB_PORT']}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.root / "cli-token").read_text().strip()
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/hub/api", timeout=60,
+                            headers={"Authorization": f"token {self.admin_token}"})
+
+    def add(self, name: str, module: str, env: dict[str, str], health: str) -> Component:
+        common = {"FEDHUB_NATS_URL": self.nats_url, "FEDHUB_DATA_DIR": str(self.root)}
+        comp = Component(name, module, {**common, **env}, self.root / f"{name}.log", health)
+        self.components[name] = comp
+        return comp
+
+    def stop(self) -> None:
+        for comp in reversed(list(self.components.values())):
+            comp.stop()
+
+
+def start_hub(root: Path, nats_url: str, *, agent_env: dict[str, str] | None = None) -> Hub:
+    root.mkdir(parents=True, exist_ok=True)
+    hub = Hub(root, nats_url)
+    cport, pport = free_port(), free_port()
+    hub.add("coordinator", "fedhub.coordinator", {
+        "FEDHUB_PORT": str(cport), "FEDHUB_PUBLIC_URL": f"http://127.0.0.1:{pport}",
+        "FEDHUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "FEDHUB_SLOW_SPAWN_TIMEOUT": "30",
+        "FEDHUB_BOOTSTRAP_SITES": json.dumps(["local:local"]),
+        "FEDHUB_CLI_TOKEN_FILE": str(root / "cli-token")},
+        f"http://127.0.0.1:{cport}/hub/api/health").start()
+    hub.add("edge-proxy", "fedhub.edge_proxy", {
+        "FEDHUB_PORT": str(pport), "FEDHUB_HUB_URL": f"http://127.0.0.1:{cport}"},
+        f"http://127.0.0.1:{pport}/_fedhub/health").start()
+    hub.add("site-agent", "fedhub.site_agent", {"FEDHUB_SITE": "local",
+            "FEDHUB_HEARTBEAT_INTERVAL": "1", **(agent_env or {})}, "").start()
+    wait_site_online(hub, "local")
+    return hub
+
+
+def wait_site_online(hub: Hub, site: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with hub.admin() as api:
+        while time.monotonic() < deadline:
+            sites = {s["name"]: s for s in api.get("/sites").json()}
+            if sites.get(site, {}).get("status") == "online":
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"site {site} never came online")
+
+
+class Browser:
+    """A logged-in user talking to the edge proxy like a browser (cookie + XSRF)."""
+
+    open_clients: list[httpx.Client] = []
+
+    @classmethod
+    def close_all(cls) -> None:
+        while cls.open_clients:
+            cls.open_clients.pop().close()
+
+    def __init__(self, hub: Hub, user: str, password: str) -> None:
+        self.client = httpx.Client(base_url=hub.url, timeout=60, follow_redirects=False)
+        self.open_clients.append(self.client)
+        r = self.client.post("/hub/login", data={"username": user, "password": password,
+                                                  "next": "/hub/home"})
+        if r.status_code != 302:
+            raise AssertionError(f"login as {user} failed: {r.status_code} {r.text[:300]}")
+        home = self.client.get("/hub/home")
+        match = re.search(r'name="xsrf" content="([^"]*)"', home.text)
+        assert match, "home page carries the XSRF token"
+        self.xsrf = match.group(1)
+
+    def api(self, method: str, path: str, **kw: object) -> httpx.Response:
+        return self.client.request(method, "/hub/api" + path,
+                                   headers={"X-XSRFToken": self.xsrf}, **kw)  # type: ignore[arg-type]
