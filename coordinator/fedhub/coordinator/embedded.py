@@ -40,6 +40,8 @@ def free_port() -> int:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # as the proxy will: a port in TIME_WAIT from our last run is free to reuse
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -120,8 +122,9 @@ class Embedded:
             **common, "FEDHUB_HOST": self.host, "FEDHUB_PORT": str(self.port),
             "FEDHUB_HUB_URL": hub_url})
         self._wait("edge-proxy", f"http://127.0.0.1:{self.port}/_fedhub/health", proxy, 60)
-        self._spawn("site-agent", [py, "-m", "fedhub.site_agent"], {
+        agent = self._spawn("site-agent", [py, "-m", "fedhub.site_agent"], {
             **common, "FEDHUB_SITE": "local", "FEDHUB_STOP_SERVERS_ON_EXIT": "true"})
+        self._wait_site_online(hub_url, "local", agent, 60)
         runtime = {"url": public, "hub_url": hub_url, "nats_url": nats_url,
                    "pid": str(os.getpid())}
         (self.data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
@@ -132,6 +135,26 @@ class Embedded:
             _wait_http(url, proc, timeout)
         except RuntimeError as exc:
             raise RuntimeError(f"{name} {exc}; see {self.log_dir / (name + '.log')}") from exc
+
+    def _wait_site_online(self, hub_url: str, site: str, proc: subprocess.Popen[bytes],
+                          timeout: float) -> None:
+        token = (self.data_dir / CLI_TOKEN_FILE).read_text().strip()
+        request = urllib.request.Request(f"{hub_url}/hub/api/sites",
+                                         headers={"Authorization": f"token {token}"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:
+                    if any(s["name"] == site and s["status"] == "online"
+                           for s in json.loads(resp.read())):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        log = self.log_dir / "site-agent.log"
+        raise RuntimeError(f"site {site} did not come online; see {log}")
 
     def _wait_tcp(self, port: int, proc: subprocess.Popen[bytes], name: str) -> None:
         deadline = time.monotonic() + 20
