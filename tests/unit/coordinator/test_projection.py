@@ -1,0 +1,332 @@
+"""The SQL projection: a pure fold of the log, rebuilt identically by replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedhub.coordinator import projection
+from fedhub.coordinator.db import (
+    Position,
+    Projected,
+    Server,
+    Site,
+    Token,
+    User,
+    drop_projections,
+    make_engine,
+)
+from fedhub.coordinator.projection import ProjectionRunner, apply
+from fedhub.events.envelope import Envelope, new_event
+from fedhub.events.memory import MemoryStore
+from fedhub.events.store import StoredEvent
+from fedhub.schemas import events as ev
+from fedhub.schemas import subjects
+from fedhub.schemas.events import Payload
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def envelope(payload: Payload, subject: str = "", minute: int = 0) -> Envelope:
+    env = new_event(subject or subjects.user("x"), payload, actor="test", signer=None)
+    return env.model_copy(update={"time": T0 + timedelta(minutes=minute)})
+
+
+def life() -> list[Envelope]:
+    """A user's and a server's whole life, in log order."""
+    srv = subjects.server("alice", "gpu")
+    common: dict[str, Any] = {"user": "alice", "server": "gpu", "site": "hpc",
+                              "spawn_id": "sp-1"}
+    return [
+        envelope(ev.SiteRegistered(name="hpc", backend="slurm", description="cluster",
+                                   weight=2), subjects.site("hpc"), 0),
+        envelope(ev.SiteAgentStarted(site="hpc", backend="slurm", agent_id="agent-7"),
+                 subjects.site("hpc"), 1),
+        envelope(ev.UserCreated(name="alice"), subjects.user("alice"), 2),
+        envelope(ev.UserUpdated(name="alice", admin=True), subjects.user("alice"), 3),
+        envelope(ev.UserLoggedIn(name="alice", session_id="s"), subjects.login("alice"), 4),
+        envelope(ev.TokenIssued(user="alice", token_id="t1", note="ci"),
+                 subjects.token("alice"), 5),
+        envelope(ev.ServerRequested(**common, options={"cores": 8}), srv, 6),
+        envelope(ev.ServerAccepted(**common), srv, 7),
+        envelope(ev.ServerSubmitted(**common, job_id="123", progress=30,
+                                    message="queued"), srv, 8),
+        envelope(ev.ServerStarted(**common, target="http://node1:9000", progress=90), srv, 9),
+        envelope(ev.ServerReady(**common, url="/user/alice/gpu/", progress=100), srv, 10),
+        envelope(ev.ServerStopRequested(**common, requested_by="alice"), srv, 11),
+        envelope(ev.ServerStopped(**common, reason="user asked"), srv, 12),
+        envelope(ev.UserCreated(name="bob"), subjects.user("bob"), 13),
+        envelope(ev.ServerRequested(user="bob", site="hpc", spawn_id="sp-2"),
+                 subjects.server("bob", ""), 14),
+        envelope(ev.TokenIssued(user="bob", token_id="t2"), subjects.token("bob"), 15),
+        envelope(ev.UserDeleted(name="bob"), subjects.user("bob"), 16),
+    ]
+
+
+def stored(events: list[Envelope]) -> list[StoredEvent]:
+    return [StoredEvent(seq, e) for seq, e in enumerate(events, start=1)]
+
+
+@pytest.fixture
+def sessions() -> Iterator[sessionmaker[Session]]:
+    engine = make_engine("sqlite://")
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def fold(sessions: sessionmaker[Session], items: list[StoredEvent]) -> None:
+    with sessions.begin() as db:
+        for item in items:
+            apply(db, item)
+
+
+def dump(sessions: sessionmaker[Session]) -> dict[str, list[dict[str, Any]]]:
+    """Every projection row, as plain values, in primary-key order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with sessions() as db:
+        for table in Projected.metadata.sorted_tables:
+            if table.name == "positions":
+                continue
+            rows = db.execute(select(table).order_by(*table.primary_key.columns)).mappings()
+            out[table.name] = [dict(r) for r in rows]
+    return out
+
+
+def server(sessions: sessionmaker[Session], user: str, name: str) -> Server | None:
+    with sessions() as db:
+        return db.get(Server, (user, name))
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; the projection stores UTC.
+    return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+
+
+def test_a_server_life_step_by_step(sessions: sessionmaker[Session]) -> None:
+    items = stored(life())
+    expected_status = {7: "requested", 8: "accepted", 9: "submitted", 10: "running",
+                       11: "ready", 12: "stopping", 13: "stopped"}
+    for item in items[:13]:
+        fold(sessions, [item])
+        row = server(sessions, "alice", "gpu")
+        if item.seq < 7:
+            assert row is None
+            continue
+        assert row is not None
+        assert row.status == expected_status[item.seq]
+        assert row.last_seq == item.seq
+        assert row.site == "hpc" and row.spawn_id == "sp-1"
+        if item.seq == 9:
+            assert (row.progress, row.message) == (30, "queued")
+        if item.seq in (10, 11, 12):
+            assert row.target == "http://node1:9000"
+        if item.seq == 11:
+            assert as_utc(row.started) == T0 + timedelta(minutes=10)
+    row = server(sessions, "alice", "gpu")
+    assert row is not None
+    assert row.target == "" and row.options == {"cores": 8}
+    assert as_utc(row.updated) == T0 + timedelta(minutes=12)
+
+
+def test_whole_life_rows(sessions: sessionmaker[Session]) -> None:
+    fold(sessions, stored(life()))
+    with sessions() as db:
+        alice = db.get(User, "alice")
+        assert alice is not None and alice.admin is True
+        assert as_utc(alice.created) == T0 + timedelta(minutes=2)
+        # Stopping the server counts as activity, after the login.
+        assert as_utc(alice.last_activity) == T0 + timedelta(minutes=12)
+        assert db.get(User, "bob") is None
+        assert db.scalars(select(Server.user)).all() == ["alice"]
+        tokens = {t.id: t for t in db.scalars(select(Token))}
+        assert tokens["t1"].revoked is False and tokens["t1"].note == "ci"
+        assert tokens["t2"].revoked is True  # revoked with its deleted user
+        site = db.get(Site, "hpc")
+        assert site is not None
+        assert (site.backend, site.description, site.weight, site.agent_id) == (
+            "slurm", "cluster", 2, "agent-7")
+
+
+def test_restart_after_stop_clears_the_old_spawn(sessions: sessionmaker[Session]) -> None:
+    events = life()[:13]
+    events.append(envelope(ev.ServerRequested(user="alice", server="gpu", site="cloud",
+                                              spawn_id="sp-9"),
+                           subjects.server("alice", "gpu"), 20))
+    fold(sessions, stored(events))
+    row = server(sessions, "alice", "gpu")
+    assert row is not None
+    assert (row.status, row.site, row.spawn_id) == ("requested", "cloud", "sp-9")
+    assert row.options == {} and row.target == "" and row.started is None
+
+
+def test_failed_server_is_inactive_and_loses_its_target(sessions: sessionmaker[Session]) -> None:
+    srv = subjects.server("alice", "")
+    events = [
+        envelope(ev.UserCreated(name="alice"), subjects.user("alice")),
+        envelope(ev.ServerRequested(user="alice", site="hpc", spawn_id="a"), srv, 1),
+        envelope(ev.ServerStarted(user="alice", site="hpc", spawn_id="a", target="http://n"),
+                 srv, 2),
+        envelope(ev.ServerFailed(user="alice", reason="node died"), srv, 3),
+    ]
+    fold(sessions, stored(events))
+    row = server(sessions, "alice", "")
+    assert row is not None
+    assert (row.status, row.target, row.site, row.spawn_id) == ("failed", "", "hpc", "a")
+
+
+def test_malformed_and_unknown_events_are_skipped(sessions: sessionmaker[Session]) -> None:
+    good = envelope(ev.UserCreated(name="alice"), subjects.user("alice"))
+    unknown = good.model_copy(update={"type": "UserTeleported", "data": {"name": "eve"}})
+    invalid = good.model_copy(update={"data": {"admin": "perhaps"}})
+    bad_server = envelope(ev.ServerReady(user="alice", site="s", spawn_id="x", url="/u"),
+                          subjects.server("alice", "")).model_copy(update={"data": {"user": 1}})
+    items = stored([unknown, invalid, bad_server, good])
+    fold(sessions, items)  # must not raise
+    assert dump(sessions)["users"] == [
+        {"name": "alice", "admin": False, "created": T0.replace(tzinfo=None),
+         "last_activity": None}
+    ]
+    assert dump(sessions)["servers"] == []
+
+
+def test_updates_for_missing_rows_are_ignored(sessions: sessionmaker[Session]) -> None:
+    fold(sessions, stored([
+        envelope(ev.UserUpdated(name="ghost", admin=True)),
+        envelope(ev.UserDeleted(name="ghost")),
+        envelope(ev.TokenRevoked(user="ghost", token_id="nope")),
+        envelope(ev.SiteAgentStarted(site="nowhere", backend="x", agent_id="a")),
+        envelope(ev.UserLoggedIn(name="ghost", session_id="s")),
+    ]))
+    assert all(rows == [] for rows in dump(sessions).values())
+
+
+def test_replaying_into_a_fresh_database_gives_identical_rows(
+    sessions: sessionmaker[Session],
+) -> None:
+    items = stored(life())
+    fold(sessions, items)
+    first = dump(sessions)
+
+    other = make_engine("sqlite://")
+    try:
+        fresh: sessionmaker[Session] = sessionmaker(other)
+        for item in items:  # one transaction per event instead of one batch
+            fold(fresh, [item])
+        assert dump(fresh) == first
+    finally:
+        other.dispose()
+
+    # Drop the projection tables and replay into the same database.
+    with sessions() as db:
+        engine = db.get_bind()
+    drop_projections(engine)  # type: ignore[arg-type]
+    assert all(rows == [] for rows in dump(sessions).values())
+    fold(sessions, items)
+    assert dump(sessions) == first
+
+
+def test_delete_and_recreate_in_one_batch(sessions: sessionmaker[Session]) -> None:
+    fold(sessions, stored([
+        envelope(ev.UserCreated(name="carol", admin=True), subjects.user("carol"), 0),
+        envelope(ev.UserDeleted(name="carol"), subjects.user("carol"), 1),
+        envelope(ev.UserCreated(name="carol"), subjects.user("carol"), 2),
+    ]))
+    with sessions() as db:
+        carol = db.get(User, "carol")
+        assert carol is not None and carol.admin is False
+        assert as_utc(carol.created) == T0 + timedelta(minutes=2)
+
+
+# -- the runner ---------------------------------------------------------------------------
+
+
+class Counting:
+    """Wraps ``apply`` to record which sequences the runner folds."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+    def __call__(self, db: Session, item: StoredEvent) -> None:
+        self.seqs.append(item.seq)
+        apply(db, item)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_runner_follows_the_log_and_resumes_after_restart(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = Counting()
+    monkeypatch.setattr(projection, "apply", counter)
+    store = MemoryStore()
+    events = life()
+    for e in events[:5]:
+        await store.append(e)
+
+    runner = ProjectionRunner(store, sessions)
+    task = asyncio.create_task(runner.run())
+    try:
+        await runner.wait_for(5, timeout=5)
+        seq = 0
+        for e in events[5:11]:
+            seq = await store.append(e)
+        await runner.wait_for(seq, timeout=5)
+        row = server(sessions, "alice", "gpu")
+        assert row is not None and row.status == "ready"
+        assert runner.position() == seq == 11
+    finally:
+        await stop(task)
+    assert counter.seqs == list(range(1, 12))
+
+    # Events written while the projection is down are picked up on restart, once.
+    for e in events[11:]:
+        seq = await store.append(e)
+    counter.seqs.clear()
+    restarted = ProjectionRunner(store, sessions)
+    assert restarted.position() == 11
+    task = asyncio.create_task(restarted.run())
+    try:
+        await restarted.wait_for(seq, timeout=5)
+    finally:
+        await stop(task)
+    assert counter.seqs == list(range(12, seq + 1))
+    with sessions() as db:
+        assert db.get(Position, "sql") is not None
+        assert db.get(User, "bob") is None
+    row = server(sessions, "alice", "gpu")
+    assert row is not None and row.status == "stopped"
+    assert dump(sessions) == replayed(events)
+
+
+def replayed(events: list[Envelope]) -> dict[str, list[dict[str, Any]]]:
+    engine = make_engine("sqlite://")
+    try:
+        fresh: sessionmaker[Session] = sessionmaker(engine)
+        fold(fresh, stored(events))
+        return dump(fresh)
+    finally:
+        engine.dispose()
+
+
+async def test_runner_skips_undecodable_messages(sessions: sessionmaker[Session]) -> None:
+    store = MemoryStore()
+    await store.append_raw(subjects.user("junk"), b"not an envelope")
+    seq = await store.append(envelope(ev.UserCreated(name="alice"), subjects.user("alice")))
+    runner = ProjectionRunner(store, sessions)
+    task = asyncio.create_task(runner.run())
+    try:
+        await runner.wait_for(seq, timeout=5)
+    finally:
+        await stop(task)
+    with sessions() as db:
+        assert db.get(User, "alice") is not None
