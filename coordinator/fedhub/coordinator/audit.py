@@ -18,6 +18,7 @@ from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas.events import KeyPublished
+from fedhub.schemas.names import InvalidName, from_subject_token
 
 ALL_ROLES = frozenset({"coordinator", "edge-proxy", "site-agent"})
 _REL = re.compile(r"^(\d+)([smhd])$")
@@ -68,24 +69,42 @@ def describe(item: StoredEvent, keyring: KeyRing) -> dict[str, Any]:
                if k in ("reason", "message", "target", "prefix", "job_id", "admin", "note",
                         "remote_addr", "backend", "requested_by")}
     user = data.get("user") or (data.get("name") if env.type.startswith("User") else None)
+    site = data.get("site") or (data.get("name") if env.type.startswith("Site") else None)
+    parts = env.subject.split(".")
+    if site is None and len(parts) >= 3 and parts[1] == "cmd":
+        try:
+            site = from_subject_token(parts[2])  # commands name their site in the subject
+        except InvalidName:
+            site = parts[2]
     return {
         "seq": item.seq, "time": env.time.isoformat().replace("+00:00", "Z"),
         "kind": "command" if ".cmd." in env.subject else "event", "event": env.type,
         "actor": env.actor, "user": user, "server": data.get("server"),
-        "site": data.get("site") or (data.get("name") if env.type.startswith("Site") else None),
+        "site": site,
         "details": details, "signed_by": signed,
     }
+
+
+def _enroll(keyring: KeyRing, item: StoredEvent) -> None:
+    """Trust a published key only if its event is signed by that very key, and never let a
+    later event change a key's role (operator enrollment comes with the federation work)."""
+    try:
+        p = item.event.payload_as(KeyPublished)
+        if keyring.get(p.kid) is not None or item.event.kid != p.kid:
+            return
+        probe = KeyRing()
+        probe.add(p.kid, p.public_key, p.role, p.name)
+        item.event.verify(probe, frozenset({p.role}))
+        keyring.add(p.kid, p.public_key, p.role, p.name)
+    except EventLogError:
+        return
 
 
 async def rows(store: EventStore, flt: Filter) -> AsyncIterator[dict[str, Any]]:
     keyring = KeyRing()
     async for item in store.read("fedhub.>"):
         if item.event.type == KeyPublished.TYPE:
-            try:
-                p = item.event.payload_as(KeyPublished)
-                keyring.add(p.kid, p.public_key, p.role, p.name)
-            except EventLogError:
-                pass
+            _enroll(keyring, item)
         row = describe(item, keyring)
         if flt.keep(row, item.event.time):
             yield row

@@ -14,7 +14,8 @@ import unicodedata
 from urllib.parse import quote
 
 MAX_USER_NAME = 64
-_SERVER_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){0,29}$")
+_SERVER_RE = re.compile(r"[a-z](?:[a-z0-9]|-(?=[a-z0-9])){0,29}")
+_HEX = frozenset("0123456789abcdef")
 _TOKEN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 DEFAULT_SERVER_TOKEN = "_"
 
@@ -31,9 +32,12 @@ def normalize_user_name(raw: str) -> str:
     if len(name) > MAX_USER_NAME:
         raise InvalidName(f"user name is longer than {MAX_USER_NAME} characters")
     for ch in name:
-        if ch.isalnum() or ch in "._-@":
+        # Combining marks (vowel signs, dots) belong to the letters of many scripts.
+        if ch.isalnum() or ch in "._-@" or unicodedata.category(ch) in ("Mn", "Mc"):
             continue
         raise InvalidName(f"user name may not contain {ch!r}")
+    if unicodedata.category(name[0]) in ("Mn", "Mc"):
+        raise InvalidName("user name may not start with a combining mark")
     if name[0] in ".-" or ".." in name:
         raise InvalidName("user name may not start with '.' or '-' or contain '..'")
     return name
@@ -43,7 +47,7 @@ def validate_server_name(raw: str) -> str:
     """Return ``raw`` if it is a valid server name (``""`` is the default server)."""
     if raw == "":
         return raw
-    if not _SERVER_RE.match(raw):
+    if not _SERVER_RE.fullmatch(raw):
         raise InvalidName(
             "server name must be 1-30 characters of lowercase letters, digits and single '-',"
             " starting with a letter and ending with a letter or digit"
@@ -77,10 +81,10 @@ def from_subject_token(token: str) -> str:
     while i < len(token):
         ch = token[i]
         if ch == "_":
-            try:
-                raw.append(int(token[i + 1 : i + 3], 16))
-            except ValueError as exc:
-                raise InvalidName(f"malformed subject token {token!r}") from exc
+            pair = token[i + 1 : i + 3]
+            if len(pair) != 2 or not set(pair) <= _HEX:
+                raise InvalidName(f"malformed subject token {token!r}")
+            raw.append(int(pair, 16))
             i += 3
         elif ch in _TOKEN_SAFE:
             raw.extend(ch.encode())
