@@ -160,6 +160,13 @@ def test_other_users_and_direct_requests_are_refused(hub: Hub) -> None:
         token = api.post("/users/dave/tokens", json={"note": "test"}).json()["token"]
     r = httpx.get(hub.url + "/user/dave/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200
+    # scripts write with the token alone: no browser, so no XSRF cookie to show
+    r = httpx.post(hub.url + "/user/dave/api/contents", json={"type": "notebook"},
+                   headers={"Authorization": f"token {token}"})
+    assert r.status_code == 201, r.text
+    # ... but a cookie-authenticated write without Jupyter's XSRF token is refused
+    r = dave.client.post("/user/dave/api/contents", json={"type": "notebook"})
+    assert r.status_code == 403
     r = httpx.get(hub.url + "/user/dave/api/status", headers={"Authorization": "token bogus"})
     assert r.status_code in (401, 403)
 

@@ -141,7 +141,8 @@ class EdgeProxy:
             if not isinstance(waited, Route):
                 return waited
             route = waited
-        assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin)
+        assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
+                                         token_auth=source != "cookie")
         return await self._forward(request, route.target, assertion, source, _label(route))
 
     def _identify(self, request: web.BaseRequest) -> tuple[Identity, str] | None:

@@ -33,6 +33,18 @@ WRONG_LAST_SEQUENCE = 10071
 _FETCH_BATCH = 256
 
 
+async def _on_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc or type(exc).__name__)
+
+
+async def _on_disconnect() -> None:
+    log.warning("NATS: disconnected; reconnecting")
+
+
+async def _on_reconnect() -> None:
+    log.info("NATS: reconnected")
+
+
 @dataclass
 class _JetStreamDelivery:
     seq: int
@@ -63,13 +75,16 @@ class JetStreamStore:
         create_streams: bool = True,
         replicas: int = 1,
         name: str = "fedhub",
+        connect_timeout: float = 15.0,
     ) -> JetStreamStore:
         """Connect (reconnecting forever once connected) and make sure the streams exist.
 
         Raises StoreUnavailable if the first connection fails.
         """
         try:
-            nc = await nats.connect(
+            # Once connected, reconnect forever; the first connection gets a deadline so a
+            # wrong URL is reported instead of retried silently.
+            nc = await asyncio.wait_for(nats.connect(
                 url,
                 name=name,
                 user_credentials=credentials,
@@ -77,9 +92,13 @@ class JetStreamStore:
                 reconnect_time_wait=1,
                 connect_timeout=5,
                 allow_reconnect=True,
-            )
-        except (NatsError, OSError) as exc:
-            raise StoreUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnect,
+                reconnected_cb=_on_reconnect,
+            ), timeout=connect_timeout)
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot connect to NATS at {url}: "
+                                   f"{str(exc) or 'no answer in time'}") from exc
         store = cls(nc, nc.jetstream())
         if create_streams:
             await store.ensure_streams(replicas=replicas)
