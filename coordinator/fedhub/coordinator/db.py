@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Integer, String, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -51,6 +51,7 @@ class Site(Projected):
     weight: Mapped[int] = mapped_column(Integer, default=1)
     agent_id: Mapped[str] = mapped_column(String(128), default="")
     agent_started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    options: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class Token(Projected):
@@ -71,6 +72,18 @@ class Position(Projected):
     seq: Mapped[int] = mapped_column(Integer)
 
 
+class Meta(Base):
+    """Facts about this database; ``projection_version`` names the projection's schema."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+# Bump when a projection table changes: the tables are then rebuilt from the log on start.
+PROJECTION_VERSION = "2"
+
+
 class Credential(Base):
     __tablename__ = "credentials"
     user: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -88,6 +101,12 @@ def make_engine(url: str) -> Engine:
             conn.execute("PRAGMA synchronous=NORMAL")
 
     Base.metadata.create_all(engine)
+    with Session(engine) as db, db.begin():
+        meta = db.get(Meta, "projection_version")
+        if meta is None or meta.value != PROJECTION_VERSION:
+            # An older projection layout: drop it; the runner replays the log from 1.
+            Projected.metadata.drop_all(engine)
+            db.merge(Meta(key="projection_version", value=PROJECTION_VERSION))
     Projected.metadata.create_all(engine)
     return engine
 

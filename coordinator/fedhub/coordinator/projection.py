@@ -54,7 +54,7 @@ def apply(db: Session, item: StoredEvent) -> None:
                       weight=p.weight))
     elif isinstance(p, ev.SiteAgentStarted):
         if (s := db.get(Site, p.site)) is not None:
-            s.agent_id, s.agent_started = p.agent_id, when
+            s.agent_id, s.agent_started, s.options = p.agent_id, when, list(p.options)
     elif isinstance(p, ev.ServerEvent):
         _apply_server(db, item.seq, when, p)
 

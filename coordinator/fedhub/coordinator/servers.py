@@ -51,7 +51,7 @@ async def start(hub: Hub, user: str, server: str, site: str | None,
     last = await hub.store.last(subject)
     if status_of(last).active:
         raise BadRequest(f"server {user}/{server} is already {status_of(last).value}")
-    chosen, reason = await choose_site(hub, site)
+    chosen, reason, options = await choose_site(hub, site, options)
     spawn_id = uuid7()
     try:
         seq = await hub.emit(subject, ev.ServerRequested(

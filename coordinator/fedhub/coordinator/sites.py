@@ -14,6 +14,7 @@ from fedhub.coordinator.errors import BadRequest
 from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas import subjects
 from fedhub.schemas.events import SiteRegistered
+from fedhub.schemas.resources import InvalidOptions, OptionSpec, specs_from_json, validate_options
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,14 @@ class SiteView:
     last_seen: datetime | None
     servers: int = 0
     capacity: dict[str, Any] = field(default_factory=dict)
+    options: list[OptionSpec] = field(default_factory=list)
 
     def model(self) -> dict[str, Any]:
         return {
             "name": self.name, "backend": self.backend, "description": self.description,
             "weight": self.weight, "status": self.status, "servers": self.servers,
             "capacity": self.capacity,
+            "options": [o.model_dump(mode="json") for o in self.options],
             "last_seen": self.last_seen.isoformat() if self.last_seen else None,
         }
 
@@ -61,13 +64,29 @@ async def list_sites(hub: Hub) -> list[SiteView]:
                     servers, capacity = int(data.get("servers", 0)), dict(data.get("capacity", {}))
                 except (ValueError, TypeError, AttributeError):
                     log.warning("malformed heartbeat from site %s", row.name)
+            try:
+                specs = specs_from_json(row.options or [])
+            except InvalidOptions as exc:
+                log.warning("site %s declares unusable options: %s", row.name, exc)
+                specs = []
             out.append(SiteView(row.name, row.backend, row.description, row.weight, status,
-                                seen, servers, capacity))
+                                seen, servers, capacity, specs))
         return out
 
 
-async def choose_site(hub: Hub, requested: str | None) -> tuple[str, str]:
-    """The site to use and why; raises BadRequest for unknown, offline or drained sites."""
+async def choose_site(hub: Hub, requested: str | None,
+                      options: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The site to use, why, and the options normalized for it; raises BadRequest for
+    unknown, offline or drained sites and for options the site does not offer."""
+    name, reason = await _pick(hub, requested)
+    view = next(s for s in await list_sites(hub) if s.name == name)
+    try:
+        return name, reason, validate_options(view.options, options)
+    except InvalidOptions as exc:
+        raise BadRequest(f"invalid options for site {name}: {exc}") from exc
+
+
+async def _pick(hub: Hub, requested: str | None) -> tuple[str, str]:
     sites = await list_sites(hub)
     if not sites:
         raise BadRequest("no sites are registered")

@@ -31,8 +31,10 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
         section = getattr(cls, "toml_section", None)
-        table = doc.get(section, doc) if isinstance(section, str) else doc
-        file_values = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if isinstance(section, str) and isinstance(doc.get(section), dict):
+            file_values = dict(doc[section])  # the component's own table, sub-tables too
+        else:  # keys at top level; other tables belong to other components
+            file_values = {k: v for k, v in doc.items() if not isinstance(v, dict)}
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     from_env = {k for k in cls.model_fields if f"{prefix}{k}".upper() in os.environ}
     merged = {k: v for k, v in file_values.items() if k not in from_env}

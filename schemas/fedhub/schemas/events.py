@@ -125,6 +125,7 @@ class SiteAgentStarted(Payload):
     backend: str
     agent_id: str
     capacity: dict[str, Any] = Field(default_factory=dict)
+    options: list[dict[str, Any]] = Field(default_factory=list)  # resources.OptionSpec JSON
 
 
 class SiteHeartbeat(Payload):

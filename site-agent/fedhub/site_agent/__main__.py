@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas.config import ConfigError, load_settings
+from fedhub.site_agent.errors import BackendError
 from fedhub.site_agent.settings import SiteAgentSettings
 
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedhub site-agent: cannot reach the event log at {settings.nats_url}: {exc}",
               file=sys.stderr)
         return 1
+    except BackendError as exc:
+        print(f"fedhub site-agent: backend {settings.backend!r}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -74,7 +74,8 @@ class SiteAgent:
             parent=self.key.kid, purpose="key-published")
         await self.publisher.publish(subjects.site(self.site), SiteAgentStarted(
             site=self.site, backend=self.backend.name, agent_id=self.settings.agent_id,
-            capacity=self.backend.capacity()))
+            capacity=self.backend.capacity(),
+            options=[o.model_dump(mode="json") for o in self.backend.options()]))
         await self.adopt()
         self._loops = [
             self._supervised("keys", lambda: self.trusted.follow(self.store)),
@@ -160,7 +161,7 @@ class SiteAgent:
 
     async def _on_start(self, env: Envelope, cmd: StartServer, ack: AckOnce) -> None:
         try:
-            spec = spec_from_command(cmd)
+            spec = spec_from_command(cmd, self.backend.options())
         except InvalidCommand as exc:
             log.warning("refusing StartServer %s: %s", env.id, exc)
             await self.publisher.publish(subjects.server(cmd.user, cmd.server), ServerFailed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fedhub.events.store import Delivery
 from fedhub.schemas.events import StartServer
@@ -12,15 +13,17 @@ from fedhub.schemas.names import (
     server_prefix,
     validate_server_name,
 )
+from fedhub.schemas.resources import InvalidOptions, OptionSpec, validate_options
 from fedhub.site_agent.backends.base import ServerSpec
 from fedhub.site_agent.errors import InvalidCommand
 
 log = logging.getLogger(__name__)
 
 
-def spec_from_command(cmd: StartServer) -> ServerSpec:
+def spec_from_command(cmd: StartServer, offered: Sequence[OptionSpec] = ()) -> ServerSpec:
     """The ServerSpec a StartServer asks for; raises InvalidCommand if a name or the
-    prefix is not what fedhub itself would produce (they reach command lines and paths)."""
+    prefix is not what fedhub itself would produce (they reach command lines and paths)
+    or the options do not fit what the site ``offered`` (they reach scripts and specs)."""
     try:
         if normalize_user_name(cmd.user) != cmd.user:
             raise InvalidCommand(f"user name {cmd.user!r} is not in canonical form")
@@ -32,7 +35,11 @@ def spec_from_command(cmd: StartServer) -> ServerSpec:
         raise InvalidCommand(f"URL prefix {cmd.prefix!r} should be {expected!r}")
     if not cmd.spawn_id:
         raise InvalidCommand("command without a spawn id")
-    return ServerSpec(cmd.user, cmd.server, cmd.spawn_id, cmd.prefix, dict(cmd.options))
+    try:
+        options = validate_options(offered, cmd.options)
+    except InvalidOptions as exc:
+        raise InvalidCommand(f"invalid options: {exc}") from exc
+    return ServerSpec(cmd.user, cmd.server, cmd.spawn_id, cmd.prefix, options)
 
 
 class AckOnce:

@@ -8,7 +8,7 @@ import signal
 
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.site_agent.agent import SiteAgent
-from fedhub.site_agent.backends.local import LocalProcessBackend
+from fedhub.site_agent.backends.registry import make_backend
 from fedhub.site_agent.settings import SiteAgentSettings
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,7 @@ async def run_agent(settings: SiteAgentSettings, stop: asyncio.Event | None = No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    backend = LocalProcessBackend(settings.data_dir, jupyter_command=settings.jupyter_command,
-                                  ready_timeout=settings.ready_timeout)
+    backend = make_backend(settings)
     store = await JetStreamStore.connect(settings.nats_url, name=f"site-agent-{settings.site}")
     agent = SiteAgent(settings, store, backend)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +35,8 @@ class SiteAgentSettings(BaseSettings):
     poll_interval: float = Field(default=2.0, gt=0)
     ready_timeout: float = Field(default=120.0, gt=0)
     stop_servers_on_exit: bool = False
+    backend: str = "local"  # local | slurm | docker | ssh | htcondor
+    backend_config: dict[str, Any] = Field(default_factory=dict)  # [site_agent.backend_config]
     jupyter_command: list[str] = Field(default_factory=_default_jupyter_command, min_length=1)
 
     @field_validator("site")
@@ -47,6 +49,15 @@ class SiteAgentSettings(BaseSettings):
         if name != value:
             raise ValueError(f"site name {value!r} must be written in canonical form {name!r}")
         return name
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from fedhub.site_agent.backends.registry import BACKENDS
+
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
+        return value
 
     @field_validator("nats_url")
     @classmethod

@@ -45,9 +45,10 @@ async def make_agent(settings: SiteAgentSettings, store: MemoryStore
         await agent.close()
 
 
-def start_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1") -> StartServer:
+def start_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1",
+              options: dict[str, object] | None = None) -> StartServer:
     return StartServer(user=user, server=server, spawn_id=spawn_id,
-                       prefix=server_prefix(user, server))
+                       prefix=server_prefix(user, server), options=options or {})
 
 
 def stop_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1") -> StopServer:

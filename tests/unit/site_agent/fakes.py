@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+from fedhub.schemas.resources import OptionSpec
 from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
 from fedhub.site_agent.errors import BackendError
 
@@ -19,7 +20,9 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self, *, ready_delay: float = 0.0, fail: str | None = None,
-                 never_ready: bool = False, status_fails: bool = False) -> None:
+                 never_ready: bool = False, status_fails: bool = False,
+                 offered: tuple[OptionSpec, ...] = ()) -> None:
+        self.offered = offered
         self.ready_delay = ready_delay
         self.fail = fail
         self.never_ready = never_ready
@@ -69,8 +72,8 @@ class FakeBackend:
                 JobStatus.GONE, "exit code 1")
         return out
 
-    def options(self) -> dict[str, Any]:
-        return {}
+    def options(self) -> list[OptionSpec]:
+        return list(self.offered)
 
     def capacity(self) -> dict[str, Any]:
         return {"cpus": 4}

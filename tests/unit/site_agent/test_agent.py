@@ -253,3 +253,21 @@ async def test_heartbeat_and_trusted_keys(settings: SiteAgentSettings, store: Me
     health = await store.latest_health(subjects.health("hpc"))
     beat = SiteHeartbeat.model_validate_json(next(iter(health.values()))[0])
     assert beat.agent_id == "test-agent" and beat.capacity == {"cpus": 4}
+
+
+async def test_options_are_checked_against_what_the_site_offers(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    from fedhub.schemas.resources import OptionKind, OptionSpec
+
+    cores = OptionSpec(name="cores", kind=OptionKind.INTEGER, minimum=1, maximum=4, default=1)
+    backend = FakeBackend(offered=(cores,))
+    agent = make_agent(backend)
+    await agent.start()
+    announced = await store.last(subjects.site("hpc"))
+    assert announced is not None and announced.event.data["options"][0]["name"] == "cores"
+    await send(store, start_cmd(options={"cores": "2; reboot"}))
+    await wait_events(store, ["ServerFailed"])
+    failed = await store.last(subjects.server("alice", ""))
+    assert failed is not None
+    assert "cores: must be a whole number" in failed.event.payload_as(ServerFailed).reason
+    assert backend.started == []

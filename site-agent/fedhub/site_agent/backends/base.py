@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from fedhub.schemas.names import server_key
+from fedhub.schemas.resources import OptionSpec
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,11 @@ class Backend(Protocol):
         """
         ...
 
-    def options(self) -> dict[str, Any]:
-        """The resource options this site offers (partitions, cores, images...), as a JSON
-        schema-like dict; empty when the site offers no choice. Pure, idempotent."""
+    def options(self) -> list[OptionSpec]:
+        """The resource options this site offers (partitions, cores, memory, walltime,
+        images...); empty when the site offers no choice. The agent validates every
+        StartServer's options against them before calling :meth:`start`, so ``spec.options``
+        holds only declared, normalized values. Idempotent."""
         ...
 
     def capacity(self) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import socket
 import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from fedhub.schemas.names import subject_token
+from fedhub.schemas.resources import OptionSpec
 from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
 from fedhub.site_agent.backends.process import (
     alive,
@@ -25,6 +26,9 @@ from fedhub.site_agent.backends.process import (
     spawn_detached,
 )
 from fedhub.site_agent.errors import BackendError
+
+if TYPE_CHECKING:
+    from fedhub.site_agent.settings import SiteAgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +221,9 @@ class LocalProcessBackend:
                 out[key] = JobReport(JobStatus.GONE, reason or "")
         return out
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> list[OptionSpec]:
         """See :meth:`Backend.options`: a local site offers no choices."""
-        return {}
+        return []
 
     def capacity(self) -> dict[str, Any]:
         """See :meth:`Backend.capacity`: CPUs, load and available memory of this machine."""
@@ -232,3 +236,11 @@ class LocalProcessBackend:
         except (OSError, ValueError, IndexError):
             pass
         return cap
+
+
+def from_settings(settings: SiteAgentSettings) -> LocalProcessBackend:
+    """The local backend as configured (it takes no ``backend_config``)."""
+    if settings.backend_config:
+        raise BackendError("the local backend takes no backend_config")
+    return LocalProcessBackend(settings.data_dir, jupyter_command=settings.jupyter_command,
+                               ready_timeout=settings.ready_timeout)
