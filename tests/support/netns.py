@@ -5,8 +5,9 @@
         ns.run(["ip", "addr"])                   # runs under ``ip netns exec``
         connect_to(ns.ns_ip)                     # reachable from this namespace
 
-Each namespace gets a unique name per test run (``fh-<name>-<random>``) and is always
-removed on exit, together with every process still running inside it. Without explicit
+Each namespace gets a unique name per test run (``fh-<name>-<pid>-<random>``) and is always
+removed on exit, together with every process still running inside it; namespaces left by
+a test process that was killed outright are removed the next time one is made. Without explicit
 addresses a free /30 from 10.200.0.0/16 is chosen (one not present on any interface here),
 so parallel test runs and other suites don't collide. Needs root and ``ip`` (iproute2);
 :func:`unavailable` says why not.
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-POOL = ipaddress.ip_network("10.200.0.0/16")
+POOL = ipaddress.IPv4Network("10.200.0.0/16")
 
 
 def unavailable() -> str | None:
@@ -51,7 +52,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for line in out.splitlines():
         words = line.split()
         if "inet" in words:
-            nets.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
+            nets.append(ipaddress.IPv4Interface(words[words.index("inet") + 1]).network)
     return nets
 
 
@@ -118,8 +119,9 @@ def netns(name: str, host_ip: str | None = None, ns_ip: str | None = None,
         raise ValueError("give both addresses or neither")
     if host_ip is None or ns_ip is None:
         host_ip, ns_ip = free_subnet()
+    sweep_stale()
     tag = uuid.uuid4().hex[:6]
-    ns = Netns(name=f"fh-{name}-{tag}", host_ip=host_ip, ns_ip=ns_ip,
+    ns = Netns(name=f"fh-{name}-{os.getpid()}-{tag}", host_ip=host_ip, ns_ip=ns_ip,
                host_if=f"fh{tag}h", ns_if=f"fh{tag}n", prefixlen=prefixlen)
     try:
         _sh("ip", "netns", "add", ns.name)
@@ -134,6 +136,23 @@ def netns(name: str, host_ip: str | None = None, ns_ip: str | None = None,
         yield ns
     finally:
         _teardown(ns)
+
+
+def sweep_stale() -> None:
+    """Remove namespaces made here by test processes that no longer exist."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "fh" or not parts[-2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[-2]), 0)
+        except ProcessLookupError:
+            stale = Netns(name=name, host_ip="", ns_ip="", host_if="", ns_if="")
+            _teardown(stale)
+        except PermissionError:
+            pass
 
 
 def _teardown(ns: Netns) -> None:
@@ -156,5 +175,6 @@ def _teardown(ns: Netns) -> None:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-    subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
+    if ns.host_if:
+        subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
     subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
