@@ -11,6 +11,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # procps (pgrep) is used by the tests to prove no server process is left behind.
   missing=()
   command -v pgrep >/dev/null || missing+=(procps)
+  { [ -x /usr/sbin/sshd ] && command -v ip >/dev/null; } || missing+=(openssh-server iproute2)  # SSH site tests
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
