@@ -21,6 +21,7 @@ BACKENDS: dict[str, str] = {
     "local": "fedhub.site_agent.backends.local:from_settings",
     "slurm": "fedhub.site_agent.backends.slurm:from_settings",
     "ssh": "fedhub.site_agent.backends.ssh:from_settings",
+    "htcondor": "fedhub.site_agent.backends.htcondor:from_settings",
 }
 
 
