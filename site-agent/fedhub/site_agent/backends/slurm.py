@@ -183,7 +183,8 @@ def load_config(raw: Mapping[str, Any]) -> SlurmConfig:
         return SlurmConfig.model_validate(dict(raw))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors())
         raise BackendError(f"invalid backend_config for the slurm backend: {problems}") from exc
 
