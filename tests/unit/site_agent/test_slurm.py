@@ -416,6 +416,10 @@ def test_from_settings(tmp_path: Path) -> None:
     backend = from_settings(settings)
     assert backend.name == "slurm" and backend.config.max_cores == 2
     assert backend.run_dir == tmp_path / "slurm"
+    assert backend.jupyter_command == settings.jupyter_command
+    on_nodes = SiteAgentSettings(site="hpc", backend="slurm", data_dir=tmp_path,
+                                 backend_config={"python": "/opt/py/bin/python"})
+    assert from_settings(on_nodes).jupyter_command == ["/opt/py/bin/python", "-m", "jupyterlab"]
     bad = SiteAgentSettings(site="hpc", backend="slurm", data_dir=tmp_path,
                             backend_config={"max_cores": "many"})
     with pytest.raises(BackendError, match="max_cores"):

@@ -106,7 +106,8 @@ class SlurmConfig(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     workdir: str = "{data_dir}/users/{user}"  # {user}, {server}, {data_dir}; "~/" = $HOME
     run_dir: str = ""  # default <data_dir>/slurm; must be shared with the nodes
-    jupyter_command: list[str] = Field(default_factory=list)  # default: the agent's
+    # default: `<python> -m jupyterlab` when python is set, else the agent's jupyter_command
+    jupyter_command: list[str] = Field(default_factory=list)
     python: str = Field(default_factory=lambda: sys.executable)  # on the nodes
     server_ip: str = "0.0.0.0"
     node_host: Literal["hostname", "fqdn", "ip"] = "hostname"
@@ -430,6 +431,8 @@ class SlurmBackend(BatchBackend):
                          command_timeout=config.command_timeout, runner=runner)
         self.config = config
         self.data_dir = data_dir
+        if not config.jupyter_command and "python" in config.model_fields_set:
+            jupyter_command = [config.python, "-m", "jupyterlab"]  # the nodes' Python
         self.jupyter_command = list(config.jupyter_command or jupyter_command)
         self.trusted_keys = trusted_keys
         self._partitions = Cached(self._load_partitions, self._load_partitions_sync,
