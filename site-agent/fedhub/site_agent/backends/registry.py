@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # BackendError with a readable message when ``backend_config`` is invalid.
 BACKENDS: dict[str, str] = {
     "local": "fedhub.site_agent.backends.local:from_settings",
+    "docker": "fedhub.site_agent.backends.docker:from_settings",
     "slurm": "fedhub.site_agent.backends.slurm:from_settings",
     "ssh": "fedhub.site_agent.backends.ssh:from_settings",
     "htcondor": "fedhub.site_agent.backends.htcondor:from_settings",
