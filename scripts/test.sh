@@ -18,6 +18,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
   bash deploy/slurm/setup-test-cluster.sh || echo "no Slurm test cluster; its tests say why" >&2
+  bash deploy/docker/setup-test-env.sh >/dev/null || echo "no Docker site; its tests say why" >&2
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
