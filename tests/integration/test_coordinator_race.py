@@ -13,9 +13,10 @@ from fedhub.coordinator.app import open_hub
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.errors import BadRequest
 from fedhub.coordinator.settings import CoordinatorSettings
-from fedhub.coordinator.sites import register_site
+from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user
 from fedhub.events.jetstream import JetStreamStore
+from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
 from fedhub.schemas.events import SiteHeartbeat
 
@@ -44,7 +45,8 @@ async def test_concurrent_starts_on_two_coordinators_start_one_server(
     pair: tuple[Hub, Hub],
 ) -> None:
     one, two = pair
-    await register_site(one, "racesite", "local", "test")
+    await enroll_site(one, "racesite", backend="local", public_key=SigningKey.generate().public_b64,
+                      weight=1, description="", actor="test")
     beat = SiteHeartbeat(site="racesite", agent_id="a", servers=0)
     await one.store.put_health(subjects.health("racesite"), beat.model_dump_json().encode())
     await create_user(one, "racer", admin=False, actor="test")

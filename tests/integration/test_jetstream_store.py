@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from fedhub.events.jetstream import JetStreamStore
+from tests.support.services import nats_server
 from tests.unit.events.contract import EventStoreContract
 
 
 class TestJetStreamStore(EventStoreContract):
     @pytest.fixture
-    async def store(self, nats_url: str) -> AsyncIterator[JetStreamStore]:
-        # A fresh stream per test: same subjects are not allowed in two streams, so
-        # delete the previous one first.
-        s = await JetStreamStore.connect(nats_url, create_streams=False)
-        for name in ("FEDHUB", "FEDHUB_HEALTH"):
-            try:
-                await s._js.delete_stream(name)
-            except Exception:  # noqa: BLE001 - absent on first use
-                pass
-        await s.ensure_streams()
-        yield s
-        await s.close()
-        assert uuid  # keep import used for future per-test naming
+    async def store(self, tmp_path: Path) -> AsyncIterator[JetStreamStore]:
+        # A fresh server per test: deleting and re-creating a stream in one server is
+        # asynchronous and can hand a test the previous test's messages.
+        with nats_server(tmp_path) as url:
+            s = await JetStreamStore.connect(url)
+            yield s
+            await s.close()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _types(store: JetStreamStore) -> list[str]:
-    return [i.event.type async for i in store.read(subjects.server("alice", ""))]
+    return [i.event.type async for i in store.read(subjects.site_server("local", "alice", ""))]
 
 
 async def _until(store: JetStreamStore, last: str) -> list[str]:

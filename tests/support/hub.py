@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,9 +10,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from fedhub.coordinator import sitecli
 from tests.support.services import free_port
 
 ADMIN_PASSWORD = "admin-password-123"
@@ -104,16 +105,30 @@ def start_hub(root: Path, nats_url: str, *, agent_env: dict[str, str] | None = N
     hub.add("coordinator", "fedhub.coordinator", {
         "FEDHUB_PORT": str(cport), "FEDHUB_PUBLIC_URL": f"http://127.0.0.1:{pport}",
         "FEDHUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "FEDHUB_SLOW_SPAWN_TIMEOUT": "30",
-        "FEDHUB_BOOTSTRAP_SITES": json.dumps(["local:local"]),
         "FEDHUB_CLI_TOKEN_FILE": str(root / "cli-token")},
         f"http://127.0.0.1:{cport}/hub/api/health").start()
     hub.add("edge-proxy", "fedhub.edge_proxy", {
         "FEDHUB_PORT": str(pport), "FEDHUB_HUB_URL": f"http://127.0.0.1:{cport}"},
         f"http://127.0.0.1:{pport}/_fedhub/health").start()
-    hub.add("site-agent", "fedhub.site_agent", {"FEDHUB_SITE": "local",
+    bundle = enroll(hub, "local", "local", tunnel=False)
+    hub.add("site-agent", "fedhub.site_agent", {"FEDHUB_CREDENTIALS": str(bundle),
             "FEDHUB_HEARTBEAT_INTERVAL": "1", **(agent_env or {})}, "").start()
     wait_site_online(hub, "local")
     return hub
+
+
+def enroll(hub: Hub, site: str, backend: str, *, tunnel: bool, nats_url: str = "") -> Path:
+    """``fedhub site add`` through the API; returns the credentials bundle's path."""
+    def call(method: str, path: str, body: Any) -> Any:
+        with hub.admin() as api:
+            r = api.request(method, path, json=body)
+            assert r.status_code < 400, r.text
+            return r.json()
+
+    path = hub.root / "bundles" / f"{site}.json"
+    sitecli.add(call, hub.root, name=site, backend=backend, weight=1, description="test",
+                nats_url=nats_url or hub.nats_url, bundle_path=path, tunnel=tunnel)
+    return path
 
 
 def wait_site_online(hub: Hub, site: str, timeout: float = 60) -> None:

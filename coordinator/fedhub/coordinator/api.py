@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fedhub.coordinator import auth, servers, users
+from fedhub.coordinator import auth, servers, siteadmin, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Token, User
@@ -334,3 +334,57 @@ async def sites(request: Request) -> list[dict[str, Any]]:
     hub = hub_of(request)
     auth.require(hub, request)
     return [s.model() for s in await list_sites(hub)]
+
+
+def _site_model(views: list[Any], name: str) -> dict[str, Any]:
+    view = next((s for s in views if s.name == name), None)
+    if view is None:
+        raise NotFound(f"no such site: {name}")
+    model: dict[str, Any] = view.model()
+    return model
+
+
+@router.post("/sites", status_code=201)
+async def add_site(request: Request) -> Response:
+    """Enroll a site (admin): ``{name, backend, public_key, weight?, description?}``."""
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    data = await body(request)
+    for field in ("name", "backend", "public_key"):
+        if not isinstance(data.get(field), str):
+            raise BadRequest(f"{field} is required (a string)")
+    weight = data.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool):
+        raise BadRequest("weight must be a whole number")
+    await siteadmin.enroll_site(hub, data["name"], backend=data["backend"],
+                                public_key=data["public_key"], weight=weight,
+                                description=str(data.get("description") or ""),
+                                actor=_actor(ident))
+    name = siteadmin.valid_site_name(data["name"])
+    return JSONResponse(_site_model(await list_sites(hub), name), 201)
+
+
+@router.patch("/sites/{name}")
+async def change_site(name: str, request: Request) -> dict[str, Any]:
+    """Change weight (0 drains) or description (admin)."""
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    data = await body(request)
+    weight = data.get("weight")
+    if weight is not None and (not isinstance(weight, int) or isinstance(weight, bool)):
+        raise BadRequest("weight must be a whole number")
+    await siteadmin.update_site(hub, name, weight=weight, description=data.get("description"),
+                                actor=_actor(ident))
+    return _site_model(await list_sites(hub), siteadmin.valid_site_name(name))
+
+
+@router.delete("/sites/{name}")
+async def delete_site(name: str, request: Request) -> dict[str, Any]:
+    """Remove a site (admin): its key is revoked, its servers are marked lost."""
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    auth.require_admin(ident)
+    lost = await siteadmin.remove_site(hub, name, actor=_actor(ident))
+    return {"name": siteadmin.valid_site_name(name), "removed": True, "servers_lost": lost}

@@ -20,10 +20,9 @@ from fedhub.coordinator.db import make_engine
 from fedhub.coordinator.errors import CoordinatorError, Unauthorized
 from fedhub.coordinator.projection import ProjectionRunner
 from fedhub.coordinator.settings import CoordinatorSettings
-from fedhub.coordinator.sites import register_site
 from fedhub.coordinator.users import create_user
+from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
-from fedhub.events.errors import EventLogError
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.signing import KeyRing, SigningKey
 from fedhub.events.store import EventStore
@@ -33,18 +32,14 @@ from fedhub.schemas.events import KeyPublished
 log = logging.getLogger(__name__)
 
 
-async def _follow_keys(hub: Hub) -> None:
-    """Keep the key ring current: tokens signed by other coordinators verify too."""
-    async for item in hub.store.follow("fedhub.key.>"):
-        try:
-            p = item.event.payload_as(KeyPublished)
-            hub.keyring.add(p.kid, p.public_key, p.role, p.name)
-        except EventLogError as exc:
-            log.warning("ignoring key event %d: %s", item.seq, exc)
+async def load_keys(hub: Hub) -> None:
+    """Enroll every key in the log (the reactor keeps the ring current afterwards)."""
+    async for item in hub.store.read("fedhub.key.>"):
+        enroll(hub.keyring, item)
 
 
 async def bootstrap(hub: Hub) -> None:
-    """First-start duties: the admin account, the configured sites, the CLI token."""
+    """First-start duties: the admin account and the CLI token."""
     s = hub.settings
     with hub.sessions() as db:
         from fedhub.coordinator.db import User
@@ -54,9 +49,6 @@ async def bootstrap(hub: Hub) -> None:
         await create_user(hub, s.admin_user, admin=True, actor=hub.actor,
                           password=s.admin_password or None)
         log.info("created admin user %s", s.admin_user)
-    for spec in s.bootstrap_sites:
-        name, _, backend = spec.partition(":")
-        await register_site(hub, name, backend or "local", hub.actor)
     if s.cli_token_file is not None and not s.cli_token_file.exists():
         secret, _ = await issue_token(hub, s.admin_user, "fedhub command line", None, hub.actor)
         s.cli_token_file.parent.mkdir(parents=True, exist_ok=True)
@@ -87,9 +79,9 @@ def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = await open_hub(settings, store)
         app.state.hub = hub
+        await load_keys(hub)
         tasks = [asyncio.create_task(c, name=n) for n, c in (
-            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)),
-            ("keys", _follow_keys(hub)))]
+            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)))]
         await hub.projection.wait_for(await hub.store.last_seq(), timeout=120)
         await bootstrap(hub)
         log.info("coordinator %s ready on %s:%s", settings.name, settings.host, settings.port)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
 from fedhub.events.store import EventStore, StoredEvent
-from fedhub.schemas.events import KeyPublished
 from fedhub.schemas.names import InvalidName, from_subject_token
+from fedhub.schemas.subjects import is_site_fact
 
 ALL_ROLES = frozenset({"coordinator", "edge-proxy", "site-agent"})
 _REL = re.compile(r"^(\d+)([smhd])$")
@@ -54,7 +55,14 @@ class Filter:
             return False
         if self.site and row["site"] != self.site:
             return False
-        return self.commands or row["kind"] != "command"
+        # commands and sites' raw reports are internal: the recorded events tell the story
+        return self.commands or row["kind"] == "event"
+
+
+def _kind(subject: str) -> str:
+    if ".cmd." in subject:
+        return "command"
+    return "report" if is_site_fact(subject) else "event"
 
 
 def describe(item: StoredEvent, keyring: KeyRing) -> dict[str, Any]:
@@ -78,33 +86,18 @@ def describe(item: StoredEvent, keyring: KeyRing) -> dict[str, Any]:
             site = parts[2]
     return {
         "seq": item.seq, "time": env.time.isoformat().replace("+00:00", "Z"),
-        "kind": "command" if ".cmd." in env.subject else "event", "event": env.type,
+        "kind": _kind(env.subject), "event": env.type,
         "actor": env.actor, "user": user, "server": data.get("server"),
         "site": site,
         "details": details, "signed_by": signed,
     }
 
 
-def _enroll(keyring: KeyRing, item: StoredEvent) -> None:
-    """Trust a published key only if its event is signed by that very key, and never let a
-    later event change a key's role (operator enrollment comes with the federation work)."""
-    try:
-        p = item.event.payload_as(KeyPublished)
-        if keyring.get(p.kid) is not None or item.event.kid != p.kid:
-            return
-        probe = KeyRing()
-        probe.add(p.kid, p.public_key, p.role, p.name)
-        item.event.verify(probe, frozenset({p.role}))
-        keyring.add(p.kid, p.public_key, p.role, p.name)
-    except EventLogError:
-        return
-
-
 async def rows(store: EventStore, flt: Filter) -> AsyncIterator[dict[str, Any]]:
     keyring = KeyRing()
     async for item in store.read("fedhub.>"):
-        if item.event.type == KeyPublished.TYPE:
-            _enroll(keyring, item)
+        if item.event.subject.startswith("fedhub.key."):
+            enroll(keyring, item)
         row = describe(item, keyring)
         if flt.keep(row, item.event.time):
             yield row

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from fedhub.coordinator import sitecli
 from fedhub.coordinator.embedded import CLI_TOKEN_FILE, RUNTIME_FILE, up
 from fedhub.coordinator.settings import default_data_dir
 
@@ -99,6 +100,43 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site(args: argparse.Namespace) -> int:
+    def call(method: str, path: str, body: Any) -> Any:
+        return _call(args, method, path, body)
+
+    data_dir = _data_dir(args)
+    if args.action == "add":
+        nats_url = args.nats_url or _runtime(args).get("nats_address")
+        if not nats_url:
+            raise CliError("where do agents reach NATS? pass --nats-url nats://HOST:PORT")
+        bundle_path = Path(args.bundle or f"fedhub-site-{args.name}.json")
+        try:
+            bundle = sitecli.add(call, data_dir, name=args.name, backend=args.backend,
+                                 weight=args.weight, description=args.description,
+                                 nats_url=nats_url, bundle_path=bundle_path,
+                                 tunnel=not args.direct)
+        except FileExistsError as exc:
+            raise CliError(str(exc)) from exc
+        print(f"enrolled site {bundle.site} ({bundle.backend}); credentials: {bundle_path}")
+        if not bundle.nats_user:
+            print("  note: NATS is not managed here; give the site a credential limited to "
+                  f"fedhub.site.{bundle.site}.> (see fedhub.coordinator.natsauth)")
+        print(f"  on the site run: fedhub site-agent --credentials {bundle_path.name}")
+    elif args.action == "list":
+        print(sitecli.table(call("GET", "/sites", None)))
+    elif args.action == "drain":
+        call("PATCH", f"/sites/{args.name}", {"weight": 0})
+        print(f"site {args.name} drained: it takes no new servers (running ones continue)")
+    elif args.action == "weight":
+        call("PATCH", f"/sites/{args.name}", {"weight": args.weight})
+        print(f"site {args.name} weight set to {args.weight}")
+    elif args.action == "remove":
+        result = sitecli.remove(call, data_dir, args.name)
+        print(f"site {result['name']} removed; credentials revoked; "
+              f"{result['servers_lost']} server(s) marked lost")
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from fedhub.coordinator.audit import Filter, parse_time, print_audit
     from fedhub.events.jetstream import JetStreamStore
@@ -153,13 +191,34 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--note", default="created with fedhub token create")
     create.add_argument("--expires-in", type=int)
+    site = sub.add_parser("site", help="enroll and manage sites")
+    site_sub = site.add_subparsers(dest="action", required=True)
+    sadd = site_sub.add_parser("add", help="enroll a site and write its credentials bundle")
+    sadd.add_argument("name")
+    sadd.add_argument("--backend", required=True,
+                      choices=["local", "slurm", "docker", "ssh", "htcondor"])
+    sadd.add_argument("--weight", type=int, default=1)
+    sadd.add_argument("--description", default="")
+    sadd.add_argument("--bundle", help="bundle path (default ./fedhub-site-NAME.json)")
+    sadd.add_argument("--nats-url", help="NATS address the site's agent dials (default: up's)")
+    sadd.add_argument("--direct", action="store_true",
+                      help="the proxy can reach the site's servers directly (no tunnel)")
+    site_sub.add_parser("list", help="sites, health, capacity, running servers")
+    sdrain = site_sub.add_parser("drain", help="stop new placements at a site")
+    sdrain.add_argument("name")
+    sweight = site_sub.add_parser("weight", help="set a site's placement weight")
+    sweight.add_argument("name")
+    sweight.add_argument("weight", type=int)
+    sremove = site_sub.add_parser("remove", help="remove a site and revoke its credentials")
+    sremove.add_argument("name")
     aud = sub.add_parser("audit", help="print the timeline from the log")
     aud.add_argument("--user")
     aud.add_argument("--site")
     aud.add_argument("--since", help="ISO time or relative (30m, 2h, 7d)")
     aud.add_argument("--until")
     aud.add_argument("--json", action="store_true", help="JSON lines")
-    aud.add_argument("--commands", action="store_true", help="include commands to sites")
+    aud.add_argument("--commands", action="store_true",
+                     help="include commands to sites and their raw reports")
     aud.add_argument("--nats-url")
     for name in COMPONENTS:
         sub.add_parser(name, help=f"run the {name} on its own", add_help=False)
@@ -182,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _token(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "site":
+            return _site(args)
     except CliError as exc:
         print(f"fedhub: {exc}", file=sys.stderr)
         return 1

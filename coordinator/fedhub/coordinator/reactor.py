@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Position
 from fedhub.coordinator.errors import Conflict, CoordinatorError
+from fedhub.coordinator.ingest import ingest
 from fedhub.coordinator.servers import remove_route
+from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
 from fedhub.events.errors import EventLogError
 from fedhub.events.store import StoredEvent
@@ -31,11 +33,18 @@ def _position(sessions: sessionmaker[Session]) -> int:
 
 
 async def run(hub: Hub) -> None:
-    """React to server events forever, resuming from the stored position."""
+    """Follow the whole log in order, resuming from the stored position: enroll keys,
+    check and record what sites report, react to server events."""
     start = _position(hub.sessions) + 1
-    async for item in hub.store.follow("fedhub.server.>", start=start):
+    async for item in hub.store.follow("fedhub.>", start=start):
         try:
-            await react(hub, item)
+            subject = item.event.subject
+            if subject.startswith("fedhub.key."):
+                enroll(hub.keyring, item)
+            elif subjects.is_site_fact(subject):
+                await ingest(hub, item)
+            elif subject.startswith("fedhub.server."):
+                await react(hub, item)
         except (EventLogError, CoordinatorError) as exc:
             log.warning("reaction to event %d (%s) failed: %s", item.seq, item.event.type, exc)
         except asyncio.CancelledError:

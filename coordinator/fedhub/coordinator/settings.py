@@ -30,7 +30,6 @@ class CoordinatorSettings(BaseSettings):
     name: str = "coordinator"
     admin_user: str = "admin"
     admin_password: str = ""  # set on first start only; never logged
-    bootstrap_sites: list[str] = Field(default_factory=list)  # "name:backend"
     cli_token_file: Path | None = None
     cookie_max_age: float = Field(14 * 24 * 3600, gt=0)
     slow_spawn_timeout: float = Field(10.0, ge=0)

@@ -13,7 +13,6 @@ from fedhub.coordinator.db import Site
 from fedhub.coordinator.errors import BadRequest
 from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas import subjects
-from fedhub.schemas.events import SiteRegistered
 from fedhub.schemas.resources import InvalidOptions, OptionSpec, specs_from_json, validate_options
 
 log = logging.getLogger(__name__)
@@ -105,13 +104,3 @@ async def _pick(hub: Hub, requested: str | None) -> tuple[str, str]:
     if match.weight <= 0:
         raise BadRequest(f"site {match.name} is drained and takes no new servers")
     return match.name, "chosen by the user"
-
-
-async def register_site(hub: Hub, name: str, backend: str, actor: str) -> None:
-    """Record a site in the log unless it is registered already (idempotent)."""
-    if await hub.store.last(subjects.site(name)) is not None:
-        with hub.sessions() as db:
-            if db.get(Site, name) is not None:
-                return
-    await hub.emit(subjects.site(name), SiteRegistered(name=name, backend=backend), actor=actor,
-                   wait=True)

@@ -4,6 +4,7 @@ EventLogError
 ├── ConcurrencyError      the subject's last sequence was not the expected one
 ├── MalformedEvent        bytes in the stream that are not a valid envelope or payload
 │   └── UnknownEventType  a well-formed envelope whose type this version does not know
+├── ConsumerMismatch      a durable consumer exists with another filter than asked for
 ├── InvalidSignature      an envelope or token whose signature does not verify
 │   └── InvalidToken      a token that is malformed, expired, revoked or of the wrong kind
 └── StoreUnavailable      the store (NATS) could not be reached or answered with an error
@@ -32,6 +33,10 @@ class MalformedEvent(EventLogError):
 
 class UnknownEventType(MalformedEvent):
     """Raised when an envelope's type is not in the catalog."""
+
+
+class ConsumerMismatch(EventLogError):
+    """Raised by consume when the durable name is taken by a consumer of other subjects."""
 
 
 class InvalidSignature(EventLogError):

@@ -24,7 +24,12 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
 from fedhub.events.envelope import Envelope, decode
-from fedhub.events.errors import ConcurrencyError, MalformedEvent, StoreUnavailable
+from fedhub.events.errors import (
+    ConcurrencyError,
+    ConsumerMismatch,
+    MalformedEvent,
+    StoreUnavailable,
+)
 from fedhub.events.store import StoredEvent
 from fedhub.schemas.subjects import ALL, HEALTH_ROOT, HEALTH_STREAM, STREAM
 
@@ -76,6 +81,7 @@ class JetStreamStore:
         replicas: int = 1,
         name: str = "fedhub",
         connect_timeout: float = 15.0,
+        inbox_prefix: str = "",
     ) -> JetStreamStore:
         """Connect (reconnecting forever once connected) and make sure the streams exist.
 
@@ -95,6 +101,8 @@ class JetStreamStore:
                 error_cb=_on_error,
                 disconnected_cb=_on_disconnect,
                 reconnected_cb=_on_reconnect,
+                # A site's credential may only receive on its own inbox prefix.
+                inbox_prefix=inbox_prefix or "_INBOX",
             ), timeout=connect_timeout)
         except (NatsError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
@@ -188,15 +196,25 @@ class JetStreamStore:
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
     ) -> AsyncGenerator[StoredEvent, None]:
-        """An ordered (flow-controlled, gap-free) push consumer over ``subjects``."""
-        sub = await self._js.subscribe(
-            subjects,
-            stream=self._stream,
-            ordered_consumer=True,
-            config=config,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        """An ordered (flow-controlled, gap-free) push consumer over ``subjects``.
+
+        The consumer is named, so the server sees the filter in the API subject and can
+        refuse a site credential that asks for subjects it may not read.
+        """
+        config.name = self._nc._nuid.next().decode()
+        try:
+            sub = await self._js.subscribe(
+                subjects,
+                stream=self._stream,
+                ordered_consumer=True,
+                config=config,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(
+                f"cannot read {subjects}: {str(exc) or 'refused or timed out'}"
+            ) from exc
         try:
             if until_caught_up:
                 # num_pending counts only what is not yet delivered; an empty match has
@@ -253,9 +271,20 @@ class JetStreamStore:
             max_deliver=-1,
             filter_subject=subjects,
         )
-        sub = await self._js.pull_subscribe(
-            subjects, durable=durable, stream=self._stream, config=cfg
-        )
+        try:
+            sub = await self._js.pull_subscribe(
+                subjects, durable=durable, stream=self._stream, config=cfg
+            )
+            info = await sub.consumer_info()
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(
+                f"cannot consume {subjects} as {durable}: {str(exc) or 'refused or timed out'}"
+            ) from exc
+        if info.config.filter_subject != subjects:
+            # Binding to an existing durable ignores the filter asked for: refuse instead.
+            await sub.unsubscribe()
+            raise ConsumerMismatch(
+                f"durable {durable} consumes {info.config.filter_subject}, not {subjects}")
         batch: list[Msg] = []
         try:
             while True:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from fedhub.events.envelope import Envelope, decode
-from fedhub.events.errors import ConcurrencyError, MalformedEvent
+from fedhub.events.errors import ConcurrencyError, ConsumerMismatch, MalformedEvent
 from fedhub.events.store import StoredEvent
 from fedhub.schemas.subjects import matches
 
@@ -131,6 +131,9 @@ class MemoryStore:
         self, subjects: str, *, durable: str
     ) -> AsyncGenerator[_MemoryDelivery, None]:
         consumer = self._consumers.setdefault(durable, _Consumer(subjects, self._changed))
+        if consumer.subjects != subjects:
+            raise ConsumerMismatch(
+                f"durable {durable} consumes {consumer.subjects}, not {subjects}")
         consumer.in_flight.clear()  # a restarted consumer gets its unacked messages again
         while True:
             for msg in list(self._messages):

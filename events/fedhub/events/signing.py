@@ -77,6 +77,22 @@ class SigningKey:
             fh.write(pem)
         return key
 
+    @classmethod
+    def from_pem(cls, pem: str) -> SigningKey:
+        """A key from its PKCS#8 PEM text; raises ValueError if it is not Ed25519."""
+        loaded = serialization.load_pem_private_key(pem.encode(), password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 private key")
+        return cls(loaded)
+
+    def private_pem(self) -> str:
+        """The private key as PKCS#8 PEM (for a credentials bundle; never for the log)."""
+        return self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+
     def sign(self, data: bytes) -> str:
         """Signature of ``data``, base64url."""
         return b64e(self._private.sign(data))
@@ -114,6 +130,14 @@ class KeyRing:
     def add_signing_key(self, key: SigningKey, role: str, name: str) -> None:
         """Enroll the public half of one of our own keys."""
         self.add(key.kid, key.public_b64, role, name)
+
+    def remove(self, kid: str) -> bool:
+        """Forget a key (revocation); True if it was known."""
+        return self._keys.pop(kid, None) is not None
+
+    def named(self, role: str, name: str) -> list[PublicKey]:
+        """Every key of ``role`` held by ``name`` (e.g. a site's agent keys)."""
+        return [k for k in self._keys.values() if k.role == role and k.name == name]
 
     def get(self, kid: str) -> PublicKey | None:
         """The enrolled key, or None."""

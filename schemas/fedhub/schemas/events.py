@@ -109,6 +109,14 @@ class KeyPublished(Payload):
     name: str
 
 
+class KeyRevoked(Payload):
+    """A key that must no longer be trusted (a removed site, a retired component)."""
+
+    TYPE = "KeyRevoked"
+    kid: str
+    reason: str = ""
+
+
 # -- sites --------------------------------------------------------------------------------
 
 class SiteRegistered(Payload):
@@ -117,6 +125,57 @@ class SiteRegistered(Payload):
     backend: str
     description: str = ""
     weight: int = 1
+
+
+class SiteUpdated(Payload):
+    """Operator changes: weight 0 drains the site (no new servers)."""
+
+    TYPE = "SiteUpdated"
+    name: str
+    weight: int
+    description: str = ""
+
+
+class SiteRemoved(Payload):
+    TYPE = "SiteRemoved"
+    name: str
+
+
+class SiteUnreachable(Payload):
+    """The site's agent stopped reporting in; its servers are shown as unreachable."""
+
+    TYPE = "SiteUnreachable"
+    site: str
+    last_seen: datetime | None = None
+
+
+class SiteReachable(Payload):
+    """The site reports in again after being unreachable."""
+
+    TYPE = "SiteReachable"
+    site: str
+    away_seconds: float = 0.0
+
+
+class SiteEventRejected(Payload):
+    """A coordinator refused an event a site wrote (bad signature, wrong site, stale)."""
+
+    TYPE = "SiteEventRejected"
+    site: str
+    subject: str
+    seq: int
+    event_type: str
+    reason: str
+
+
+class EdgeProxyStarted(Payload):
+    """An edge proxy's public URL and tunnel endpoint (agents dial out to it)."""
+
+    TYPE = "EdgeProxyStarted"
+    name: str
+    kid: str
+    tunnel_host: str = ""
+    tunnel_port: int = 0
 
 
 class SiteAgentStarted(Payload):
@@ -261,7 +320,9 @@ CATALOG: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
         UserCreated, UserUpdated, UserDeleted, UserLoggedIn, UserLoginFailed, UserLoggedOut,
-        TokenIssued, TokenRevoked, KeyPublished, SiteRegistered, SiteAgentStarted,
+        TokenIssued, TokenRevoked, KeyPublished, KeyRevoked, SiteRegistered, SiteUpdated,
+        SiteRemoved, SiteUnreachable, SiteReachable, SiteEventRejected, EdgeProxyStarted,
+        SiteAgentStarted,
         SiteHeartbeat, ServerRequested, ServerAccepted, ServerSubmitted, ServerStarted,
         ServerReady, ServerStopRequested, ServerStopped, ServerFailed, RouteAdded,
         RouteRemoved, StartServer, StopServer,

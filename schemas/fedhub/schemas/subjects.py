@@ -37,8 +37,43 @@ def route(user_name: str, server_name: str) -> str:
 
 
 def site(name: str) -> str:
-    """Subject of a site's registration and agent start events."""
+    """Subject of a site's registration, drain, removal and health episodes (written by
+    coordinators only; a site's own credential cannot publish here)."""
     return f"{ROOT}.site.{subject_token(name)}"
+
+
+def site_facts(name: str) -> str:
+    """Filter for everything one site itself writes (its credential may publish only here)."""
+    return f"{ROOT}.site.{subject_token(name)}.>"
+
+
+def site_server(site_name: str, user_name: str, server_name: str) -> str:
+    """Where a site reports its facts about one server (submitted, started, stopped...)."""
+    return f"{ROOT}.site.{subject_token(site_name)}.server.{server_key(user_name, server_name)}"
+
+
+def site_agent(site_name: str) -> str:
+    """Where a site's agent announces itself (backend, options, capacity)."""
+    return f"{ROOT}.site.{subject_token(site_name)}.agent"
+
+
+ALL_SITE_FACTS = f"{ROOT}.site.*.>"
+
+
+def is_site_fact(subject: str) -> bool:
+    """True for subjects a site writes itself: raw reports, trusted only once verified."""
+    parts = subject.split(".")
+    return len(parts) > 3 and parts[0] == ROOT and parts[1] == "site"
+
+
+def security(site_name: str) -> str:
+    """Where coordinators report site events they rejected."""
+    return f"{ROOT}.security.{subject_token(site_name)}"
+
+
+def proxy(name: str) -> str:
+    """Where an edge proxy announces itself and its tunnel endpoint."""
+    return f"{ROOT}.proxy.{subject_token(name)}"
 
 
 def command(site_name: str, verb: str) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fedhub.events.errors import StoreUnavailable
+from fedhub.schemas.bundle import BundleError
 from fedhub.schemas.config import ConfigError, load_settings
 from fedhub.site_agent.errors import BackendError
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -21,10 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", help="name of this site")
     parser.add_argument("--nats-url", help="NATS server to connect to")
     parser.add_argument("--data-dir", type=Path, help="keys, logs and notebooks live here")
+    parser.add_argument("--credentials", type=Path,
+                        help="the site's bundle from `fedhub site add` (site, NATS user, key)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(SiteAgentSettings, args.config, site=args.site,
-                                 nats_url=args.nats_url, data_dir=args.data_dir)
+                                 nats_url=args.nats_url, data_dir=args.data_dir,
+                                 credentials=args.credentials)
     except ConfigError as exc:
         print(f"fedhub site-agent: {exc}", file=sys.stderr)
         return 2
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedhub site-agent: cannot reach the event log at {settings.nats_url}: {exc}",
               file=sys.stderr)
         return 1
+    except BundleError as exc:
+        print(f"fedhub site-agent: {exc}", file=sys.stderr)
+        return 2
     except BackendError as exc:
         print(f"fedhub site-agent: backend {settings.backend!r}: {exc}", file=sys.stderr)
         return 2

@@ -19,8 +19,9 @@ from fedhub.site_agent.backends.base import ServerSpec
 
 log = logging.getLogger(__name__)
 
-# Latest event types that mean "this site may still run a job for this server".
-ADOPTABLE = frozenset({"ServerSubmitted", "ServerStarted", "ServerReady", "ServerStopRequested"})
+# Latest report types that mean "this site may still run a job for this server"; a stop
+# requested meanwhile arrives as a StopServer command from the agent's durable consumer.
+ADOPTABLE = frozenset({"ServerSubmitted", "ServerStarted"})
 
 
 @dataclass
@@ -41,10 +42,11 @@ class Orphan:
 
 
 async def find_orphans(store: EventStore, site: str) -> list[Orphan]:
-    """The servers of ``site`` whose latest event is submitted, started, ready or
-    stop-requested, with the job state from their last Submitted/Started event."""
+    """The servers whose latest report by ``site`` is submitted or started, with the job
+    state from their last Submitted/Started report (the site's own subjects only)."""
     found: list[Orphan] = []
-    for item in await store.latest_per_subject(f"{subjects.ROOT}.server.>"):
+    reports = subjects.site_server(site, "x", "").rsplit(".", 2)[0]
+    for item in await store.latest_per_subject(f"{reports}.>"):
         env = item.event
         if env.type not in ADOPTABLE:
             continue

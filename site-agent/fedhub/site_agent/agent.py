@@ -18,7 +18,6 @@ from fedhub.events.signing import SigningKey
 from fedhub.events.store import Delivery, EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
-    KeyPublished,
     ServerFailed,
     ServerStarted,
     ServerStopped,
@@ -67,12 +66,11 @@ class SiteAgent:
 
         Raises StoreUnavailable when the log cannot be reached. Call once.
         """
-        await self.publisher.publish(
-            subjects.key(self.key.kid),
-            KeyPublished(kid=self.key.kid, public_key=self.key.public_b64, role="site-agent",
-                         name=self.site),
-            parent=self.key.kid, purpose="key-published")
-        await self.publisher.publish(subjects.site(self.site), SiteAgentStarted(
+        if await self.store.last(subjects.key(self.key.kid)) is None:
+            log.warning("this agent's key %s is not enrolled: the hub will refuse its reports "
+                        "until an operator runs `fedhub site add %s` and the agent uses that "
+                        "bundle", self.key.kid, self.site)
+        await self.publisher.publish(subjects.site_agent(self.site), SiteAgentStarted(
             site=self.site, backend=self.backend.name, agent_id=self.settings.agent_id,
             capacity=self.backend.capacity(),
             options=[o.model_dump(mode="json") for o in self.backend.options()]))
@@ -104,6 +102,10 @@ class SiteAgent:
                                        rec.spec.spawn_id, "shutdown"))
         await asyncio.gather(*jobs, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    def subject(self, user: str, server: str) -> str:
+        """Where this site reports about one server (the only subjects it may write)."""
+        return subjects.site_server(self.site, user, server)
 
     def heartbeat(self) -> SiteHeartbeat:
         """The heartbeat this agent sends now."""
@@ -164,7 +166,7 @@ class SiteAgent:
             spec = spec_from_command(cmd, self.backend.options())
         except InvalidCommand as exc:
             log.warning("refusing StartServer %s: %s", env.id, exc)
-            await self.publisher.publish(subjects.server(cmd.user, cmd.server), ServerFailed(
+            await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerFailed(
                 user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
                 progress=100, reason=f"invalid request: {exc}",
                 message=f"Spawn failed: invalid request: {exc}"), parent=env.id, purpose="failed")
@@ -178,7 +180,7 @@ class SiteAgent:
                 log.warning("ignoring StartServer %s: %s already runs spawn %s", env.id,
                             spec.key, rec.spec.spawn_id)
             return await ack()
-        last = await self.store.last(subjects.server(spec.user, spec.server))
+        last = await self.store.last(self.subject(spec.user, spec.server))
         if (last is not None and last.event.type not in _BEFORE_AGENT
                 and last.event.data.get("spawn_id") == spec.spawn_id):
             log.info("StartServer %s was already handled (%s)", env.id, last.event.type)
@@ -190,7 +192,7 @@ class SiteAgent:
     async def _run_start(self, rec: ServerRecord, checkpoints: AsyncGenerator[Checkpoint, None],
                          parent: str, ack: AckOnce) -> None:
         spec = rec.spec
-        subject = subjects.server(spec.user, spec.server)
+        subject = self.subject(spec.user, spec.server)
         common: dict[str, Any] = dict(user=spec.user, server=spec.server, site=self.site,
                                       spawn_id=spec.spawn_id)
         try:
@@ -228,7 +230,7 @@ class SiteAgent:
         spec = rec.spec
         self._forget(rec)
         log.warning("server %s failed: %s", spec.key, reason)
-        await self.publisher.publish(subjects.server(spec.user, spec.server), ServerFailed(
+        await self.publisher.publish(self.subject(spec.user, spec.server), ServerFailed(
             user=spec.user, server=spec.server, site=self.site, spawn_id=spec.spawn_id,
             progress=100, reason=reason, message=f"Spawn failed: {reason}"),
             parent=parent, purpose="failed")
@@ -243,11 +245,11 @@ class SiteAgent:
             reason = cmd.reason or "stopped on request"
             if rec is not None:
                 return await self._stop(rec, reason, env.id, "stopped")
-            last = await self.store.last(subjects.server(cmd.user, cmd.server))
+            last = await self.store.last(self.subject(cmd.user, cmd.server))
             if last is not None and last.event.type in _ENDED:
                 return
             # Not ours (any more): say so, or the user would wait forever for a stop.
-            await self.publisher.publish(subjects.server(cmd.user, cmd.server), ServerStopped(
+            await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerStopped(
                 user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
                 progress=100, reason="server was not running at this site",
                 message="Server stopped"), parent=env.id, purpose="stopped")
@@ -272,13 +274,13 @@ class SiteAgent:
             await self.backend.stop(rec.state)
         except BackendError as exc:
             self._forget(rec)
-            await self.publisher.publish(subjects.server(spec.user, spec.server), ServerFailed(
+            await self.publisher.publish(self.subject(spec.user, spec.server), ServerFailed(
                 **common, reason=f"could not stop the server: {exc}",
                 message=f"Stop failed: {exc}"), parent=parent, purpose=f"{purpose}-failed")
             return
         self._forget(rec)
         log.info("stopped %s (%s, was %s)", spec.key, reason, was)
-        await self.publisher.publish(subjects.server(spec.user, spec.server), ServerStopped(
+        await self.publisher.publish(self.subject(spec.user, spec.server), ServerStopped(
             **common, reason=reason, message="Server stopped"), parent=parent, purpose=purpose)
 
     # -- monitoring and re-adoption ---------------------------------------------------------
@@ -318,7 +320,7 @@ class SiteAgent:
         log.info("server %s ended: %s", spec.key, reason)
         common: dict[str, Any] = dict(user=spec.user, server=spec.server, site=self.site,
                                       spawn_id=spec.spawn_id, progress=100, reason=reason)
-        subject = subjects.server(spec.user, spec.server)
+        subject = self.subject(spec.user, spec.server)
         if rec.stage is Stage.RUNNING:
             await self.publisher.publish(subject, ServerStopped(**common, message="Server stopped"),
                                          parent=parent, purpose=purpose)

@@ -35,6 +35,8 @@ class SiteAgentSettings(BaseSettings):
     poll_interval: float = Field(default=2.0, gt=0)
     ready_timeout: float = Field(default=120.0, gt=0)
     stop_servers_on_exit: bool = False
+    credentials: Path | None = None  # bundle from `fedhub site add`: site, NATS, key
+    tunnel: bool = False  # servers reachable only through the agent's outbound tunnels
     backend: str = "local"  # local | slurm | docker | ssh | htcondor
     backend_config: dict[str, Any] = Field(default_factory=dict)  # [site_agent.backend_config]
     jupyter_command: list[str] = Field(default_factory=_default_jupyter_command, min_length=1)

@@ -71,16 +71,18 @@ def at(subject: str, payload: Payload, minutes: int, key: SigningKey | None = CO
     return env.model_copy(update={"signature": key.sign(env.signing_bytes())})
 
 
-def key_published(key: SigningKey, role: str, name: str, minutes: int) -> Envelope:
+def key_published(key: SigningKey, role: str, name: str, minutes: int,
+                  signer: SigningKey | None = None) -> Envelope:
+    """Coordinator and proxy keys sign their own publication; a coordinator enrolls sites."""
     payload = ev.KeyPublished(kid=key.kid, public_key=key.public_b64, role=role, name=name)
-    return at(subjects.key(key.kid), payload, minutes, key=key, actor=name)
+    return at(subjects.key(key.kid), payload, minutes, key=signer or key, actor=name)
 
 
 def log() -> list[Envelope]:
     srv = subjects.server("alice", "gpu")
     return [
         key_published(COORD_KEY, "coordinator", "coordinator", 0),
-        key_published(AGENT_KEY, "site-agent", "agent-hpc", 1),
+        key_published(AGENT_KEY, "site-agent", "agent-hpc", 1, signer=COORD_KEY),
         at(subjects.site("hpc"), ev.SiteRegistered(name="hpc", backend="slurm"), 2),
         at(subjects.user("alice"), ev.UserCreated(name="alice", admin=True), 3),
         at(subjects.user("bob"), ev.UserCreated(name="bob"), 4),

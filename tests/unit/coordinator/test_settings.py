@@ -30,7 +30,7 @@ SECTION = """
 port = 9001
 public_url = "https://hub.example.org/"
 admin_user = "Root-Admin"
-bootstrap_sites = ["hpc:slurm", "cloud:kubernetes"]
+slow_spawn_timeout = 30
 
 [edge_proxy]
 port = 8000
@@ -42,7 +42,7 @@ def test_reads_the_coordinator_table(tmp_path: Path) -> None:
     assert s.port == 9001
     assert s.public_url == "https://hub.example.org"  # trailing slash dropped
     assert s.admin_user == "root-admin"  # normalized like any user name
-    assert s.bootstrap_sites == ["hpc:slurm", "cloud:kubernetes"]
+    assert s.slow_spawn_timeout == 30
     assert s.host == "127.0.0.1"  # untouched defaults stay
 
 

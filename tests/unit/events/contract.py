@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 import pytest
 
 from fedhub.events.envelope import new_event
-from fedhub.events.errors import ConcurrencyError
+from fedhub.events.errors import ConcurrencyError, ConsumerMismatch
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import subjects
@@ -139,6 +139,19 @@ class EventStoreContract:
         # a "restarted" consumer sees only what was not acked, at once
         second_seq = await asyncio.wait_for(take_one_and_ack(), 10)
         assert (first_seq, second_seq) == (s1, s3)
+
+    async def test_a_durable_name_cannot_be_reused_for_other_subjects(
+        self, store: EventStore
+    ) -> None:
+        await store.append(created("m", subject="fedhub.cmd.site-a.start"))
+        async with aclosing(store.consume("fedhub.cmd.site-a.>", durable="agent-x")) as it:
+            async for delivery in it:
+                await delivery.ack()
+                break
+        with pytest.raises(ConsumerMismatch):
+            async with aclosing(store.consume("fedhub.cmd.site-b.>", durable="agent-x")) as it:
+                async for _ in it:
+                    break
 
     async def test_health_keeps_latest_per_subject(self, store: EventStore) -> None:
         await store.put_health("fedhub-health.site.a", b"1")

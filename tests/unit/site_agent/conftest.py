@@ -63,7 +63,7 @@ async def send(store: MemoryStore, payload: Payload, site: str = "hpc") -> Envel
 
 
 async def server_events(store: MemoryStore, user: str = "alice", server: str = "") -> list[str]:
-    return [item.event.type async for item in store.read(subjects.server(user, server))]
+    return [item.event.type async for item in store.read(subjects.site_server("hpc", user, server))]
 
 
 async def wait_for(predicate: Callable[[], object], limit: float = 5.0) -> None:

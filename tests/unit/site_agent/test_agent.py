@@ -35,7 +35,7 @@ async def test_start_publishes_submitted_then_started(store: MemoryStore,
     await agent.start()
     await send(store, start_cmd())
     await wait_events(store, ["ServerSubmitted", "ServerStarted"])
-    last = await store.last(subjects.server("alice", ""))
+    last = await store.last(subjects.site_server("hpc", "alice", ""))
     assert last is not None
     started = last.event.payload_as(ServerStarted)
     assert started.site == "hpc" and started.spawn_id == "s1" and started.progress == 80
@@ -46,14 +46,12 @@ async def test_start_publishes_submitted_then_started(store: MemoryStore,
     last.event.verify(ring, frozenset({"site-agent"}))
 
 
-async def test_agent_announces_its_key_and_start(store: MemoryStore,
-                                                 make_agent: MakeAgent) -> None:
+async def test_agent_announces_itself_but_never_enrolls_its_own_key(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
     agent = make_agent(FakeBackend())
     await agent.start()
-    key_event = await store.last(subjects.key(agent.key.kid))
-    assert key_event is not None
-    assert key_event.event.payload_as(KeyPublished).role == "site-agent"
-    site_event = await store.last(subjects.site("hpc"))
+    assert await store.last(subjects.key(agent.key.kid)) is None  # operators enroll sites
+    site_event = await store.last(subjects.site_agent("hpc"))
     assert site_event is not None and site_event.event.type == "SiteAgentStarted"
 
 
@@ -63,7 +61,7 @@ async def test_failing_backend_publishes_readable_failure(store: MemoryStore,
     await agent.start()
     await send(store, start_cmd())
     await wait_events(store, ["ServerSubmitted", "ServerFailed"])
-    last = await store.last(subjects.server("alice", ""))
+    last = await store.last(subjects.site_server("hpc", "alice", ""))
     assert last is not None
     failed = last.event.payload_as(ServerFailed)
     assert failed.reason == "the cluster is out of GPUs"
@@ -117,7 +115,7 @@ async def test_stop_of_running_server(store: MemoryStore, make_agent: MakeAgent)
     await wait_events(store, ["ServerSubmitted", "ServerStarted"])
     await send(store, stop_cmd())
     await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
-    last = await store.last(subjects.server("alice", ""))
+    last = await store.last(subjects.site_server("hpc", "alice", ""))
     assert last is not None and last.event.payload_as(ServerStopped).reason == "user asked"
     assert len(backend.stopped) == 1
 
@@ -141,7 +139,7 @@ async def test_malformed_and_unknown_commands_are_skipped(store: MemoryStore,
     await send(store, StartServer(user="alice", server="", spawn_id="s0", prefix="/evil/"))
     await send(store, start_cmd())
     await wait_events(store, ["ServerFailed", "ServerSubmitted", "ServerStarted"])
-    failed = [item.event async for item in store.read(subjects.server("alice", ""))][0]
+    failed = [item.event async for item in store.read(subjects.site_server("hpc", "alice", ""))][0]
     assert "prefix" in failed.payload_as(ServerFailed).reason
     assert all(not t.done() for t in agent._loops)
 
@@ -156,7 +154,7 @@ async def test_process_exit_ends_a_running_server(store: MemoryStore,
     for job in backend.jobs:
         backend.jobs[job] = "gone"
     await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
-    last = await store.last(subjects.server("alice", ""))
+    last = await store.last(subjects.site_server("hpc", "alice", ""))
     assert last is not None
     assert last.event.payload_as(ServerStopped).reason.startswith("server process exited")
 
@@ -193,7 +191,7 @@ async def test_readoption_keeps_running_servers(settings: SiteAgentSettings,
         await second.start()
         await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"],
                           user="bob")
-        bob_end = await store.last(subjects.server("bob", ""))
+        bob_end = await store.last(subjects.site_server("hpc", "bob", ""))
         assert bob_end is not None
         assert "while the site agent was down" in bob_end.event.payload_as(ServerStopped).reason
         assert list(second.servers) == ["alice._"]
@@ -209,7 +207,7 @@ async def test_readoption_resumes_a_half_started_server(settings: SiteAgentSetti
     backend = FakeBackend()
     state = {"job": "77"}
     backend.jobs["77"] = "running"
-    await store.append(new_event(subjects.server("alice", ""), ServerSubmitted(
+    await store.append(new_event(subjects.site_server("hpc", "alice", ""), ServerSubmitted(
         user="alice", site="hpc", spawn_id="s1", job_id="77", state=state), actor="site:hpc",
         signer=None))
     agent = SiteAgent(settings, store, backend)
@@ -230,7 +228,7 @@ async def test_shutdown_can_stop_servers(settings: SiteAgentSettings,
     await send(store, start_cmd())
     await wait_events(store, ["ServerSubmitted", "ServerStarted"])
     await agent.close()
-    last = await store.last(subjects.server("alice", ""))
+    last = await store.last(subjects.site_server("hpc", "alice", ""))
     assert last is not None
     assert last.event.payload_as(ServerStopped).reason == "site agent shut down"
     assert backend.stopped
@@ -263,11 +261,11 @@ async def test_options_are_checked_against_what_the_site_offers(
     backend = FakeBackend(offered=(cores,))
     agent = make_agent(backend)
     await agent.start()
-    announced = await store.last(subjects.site("hpc"))
+    announced = await store.last(subjects.site_agent("hpc"))
     assert announced is not None and announced.event.data["options"][0]["name"] == "cores"
     await send(store, start_cmd(options={"cores": "2; reboot"}))
     await wait_events(store, ["ServerFailed"])
-    failed = await store.last(subjects.server("alice", ""))
+    failed = await store.last(subjects.site_server("hpc", "alice", ""))
     assert failed is not None
     assert "cores: must be a whole number" in failed.event.payload_as(ServerFailed).reason
     assert backend.started == []

@@ -115,6 +115,15 @@ class DockerBackend:
             return ""
         return "".join(str(line) for line in lines)[-3000:]
 
+    async def _exited(self, docker: aiodocker.Docker, ident: str, info: Mapping[str, Any]
+                      ) -> BackendError:
+        """The error for a container that stopped during start, with its last log lines."""
+        st = info.get("State") or {}
+        oom = " (out of memory)" if st.get("OOMKilled") else ""
+        tail = await self._logs(docker, ident)
+        return BackendError(f"Jupyter exited during start (exit code {st.get('ExitCode')}){oom}"
+                            + (f"; last log lines:\n{tail}" if tail else ""))
+
     async def _discard(self, state: Mapping[str, Any]) -> None:
         """Remove a half-made container while another error is on its way up."""
         try:
@@ -149,10 +158,13 @@ class DockerBackend:
                 state["container"] = container.id
                 try:
                     await container.start()
-                    port = published_port(await container.show())
+                    info = await container.show()
                 except DockerError as exc:
                     raise BackendError(f"cannot start the container: {exc.message}") from exc
+                port = published_port(info)
                 if port is None:
+                    if not (info.get("State") or {}).get("Running"):
+                        raise await self._exited(docker, container.id, info)
                     raise BackendError("the container's port was not published")
                 state["port"] = port
         except _UNREACHABLE as exc:
@@ -195,12 +207,7 @@ class DockerBackend:
                 except _UNREACHABLE:
                     info = None
                 if info is not None and not (info.get("State") or {}).get("Running"):
-                    st = info.get("State") or {}
-                    oom = " (out of memory)" if st.get("OOMKilled") else ""
-                    tail = await self._logs(docker, ident)
-                    raise BackendError(
-                        f"Jupyter exited during start (exit code {st.get('ExitCode')}){oom}"
-                        + (f"; last log lines:\n{tail}" if tail else ""))
+                    raise await self._exited(docker, ident, info)
                 try:
                     async with http.get(url) as resp:
                         if resp.status == 200:

@@ -1,0 +1,116 @@
+"""Each site's NATS credential can touch only that site's subjects, enforced by the NATS
+server itself (issue 3). Site A tries to act as site B and to read what is not its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+
+import pytest
+
+from fedhub.coordinator.natsauth import HUB_USER, AuthFile, inbox_prefix
+from fedhub.events.envelope import new_event
+from fedhub.events.errors import ConsumerMismatch, StoreUnavailable
+from fedhub.events.jetstream import JetStreamStore
+from fedhub.events.signing import SigningKey
+from fedhub.schemas import subjects
+from fedhub.schemas.events import ServerStarted, SiteHeartbeat, StartServer
+from tests.support.services import nats_server_with_auth
+
+pytestmark = pytest.mark.integration
+KEY = SigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("nats-auth")
+    auth = AuthFile(root)
+    hub_pw = auth.ensure_hub()
+    a_user, a_pw = auth.add_site("site-a")
+    b_user, b_pw = auth.add_site("site-b")
+    with nats_server_with_auth(root, auth.conf_path) as (address, _pid):
+        yield {"hub": f"nats://{HUB_USER}:{hub_pw}@{address}",
+               "a": f"nats://{a_user}:{a_pw}@{address}",
+               "b": f"nats://{b_user}:{b_pw}@{address}",
+               "wrong": f"nats://{a_user}:not-the-password@{address}"}
+
+
+@pytest.fixture
+async def hub(nats: dict[str, str]) -> AsyncIterator[JetStreamStore]:
+    store = await JetStreamStore.connect(nats["hub"])
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def site_a(nats: dict[str, str], hub: JetStreamStore) -> AsyncIterator[JetStreamStore]:
+    store = await JetStreamStore.connect(nats["a"], create_streams=False,
+                                         inbox_prefix=inbox_prefix("site-a"))
+    yield store
+    await store.close()
+
+
+def started(site: str, user: str = "alice") -> ServerStarted:
+    return ServerStarted(user=user, site=site, spawn_id="s1", target="http://x:1")
+
+
+async def test_a_site_may_do_its_own_work(hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    own = subjects.site_server("site-a", "alice", "")
+    seq = await site_a.append(new_event(own, started("site-a"), actor="site:site-a", signer=KEY))
+    last = await site_a.last(own)
+    assert last is not None and last.seq == seq
+    assert [i.seq for i in await site_a.latest_per_subject(subjects.site_facts("site-a"))] == [seq]
+    await site_a.put_health(subjects.health("site-a"),
+                            SiteHeartbeat(site="site-a", agent_id="a", servers=0)
+                            .model_dump_json().encode())
+    cmd = await hub.append(new_event(subjects.command("site-a", "start"), StartServer(
+        user="alice", spawn_id="s1", prefix="/user/alice/"), actor="coordinator", signer=KEY))
+    async with aclosing(site_a.consume(subjects.commands("site-a"), durable="agent-site-a")) as it:
+        async for delivery in it:
+            assert delivery.seq == cmd
+            await delivery.ack()
+            break
+
+
+async def refused(action: object) -> None:
+    with pytest.raises((StoreUnavailable, ConsumerMismatch)):
+        await asyncio.wait_for(action, 30)  # type: ignore[arg-type]
+
+
+async def test_a_site_cannot_publish_as_another_site_or_as_the_hub(
+        hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    for subject, payload in [
+        (subjects.site_server("site-b", "alice", ""), started("site-b")),
+        (subjects.server("alice", ""), started("site-a")),
+        (subjects.route("alice", ""), started("site-a")),
+        (subjects.site("site-a"), started("site-a")),  # its own registration is the hub's
+        (subjects.key("x"), started("site-a")),
+    ]:
+        await refused(site_a.append(new_event(subject, payload, actor="site:site-a",
+                                              signer=KEY)))
+        assert await hub.last(subject) is None, f"{subject} was stored"
+    await refused(site_a.put_health(subjects.health("site-b"), b"{}"))
+
+
+async def test_a_site_cannot_read_another_sites_commands_or_the_whole_log(
+        hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    await hub.append(new_event(subjects.command("site-b", "start"), StartServer(
+        user="bob", spawn_id="s2", prefix="/user/bob/"), actor="coordinator", signer=KEY))
+
+    async def first(it: object) -> None:
+        async with aclosing(it) as items:  # type: ignore[type-var]
+            async for _ in items:
+                return
+
+    await refused(first(site_a.consume(subjects.commands("site-b"), durable="agent-site-b")))
+    await refused(first(site_a.consume(subjects.commands("site-b"), durable="agent-site-a")))
+    await refused(first(site_a.read(subjects.commands("site-b"))))
+    await refused(first(site_a.read("fedhub.>")))
+    await refused(first(site_a.follow(subjects.site_facts("site-b"))))
+    await refused(site_a.last(subjects.site_server("site-b", "bob", "")))
+
+
+async def test_a_wrong_password_cannot_connect(nats: dict[str, str]) -> None:
+    with pytest.raises(StoreUnavailable):
+        await JetStreamStore.connect(nats["wrong"], create_streams=False, connect_timeout=5)
