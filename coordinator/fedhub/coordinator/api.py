@@ -47,7 +47,8 @@ async def body(request: Request) -> dict[str, Any]:
 
 def user_model(hub: Hub, user: User) -> dict[str, Any]:
     rows = users.servers_of(hub, user.name)
-    models = {r.name: servers.server_model(hub, r) for r in rows
+    down = servers.unreachable_sites(hub)
+    models = {r.name: servers.server_model(hub, r, down) for r in rows
               if ServerStatus(r.status).active}
     default = models.get("")
     return {

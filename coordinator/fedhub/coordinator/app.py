@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import sessionmaker
 
-from fedhub.coordinator import api, pages, reactor
+from fedhub.coordinator import api, health, pages, reactor
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import make_engine
@@ -81,7 +81,8 @@ def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -
         app.state.hub = hub
         await load_keys(hub)
         tasks = [asyncio.create_task(c, name=n) for n, c in (
-            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)))]
+            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)),
+            ("health", health.watch(hub)))]
         await hub.projection.wait_for(await hub.store.last_seq(), timeout=120)
         await bootstrap(hub)
         log.info("coordinator %s ready on %s:%s", settings.name, settings.host, settings.port)

@@ -52,6 +52,8 @@ class Site(Projected):
     agent_id: Mapped[str] = mapped_column(String(128), default="")
     agent_started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     options: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    unreachable_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                               nullable=True)
 
 
 class Token(Projected):
@@ -81,7 +83,7 @@ class Meta(Base):
 
 
 # Bump when a projection table changes: the tables are then rebuilt from the log on start.
-PROJECTION_VERSION = "2"
+PROJECTION_VERSION = "3"
 
 
 class Credential(Base):

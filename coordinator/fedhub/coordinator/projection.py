@@ -58,6 +58,12 @@ def apply(db: Session, item: StoredEvent) -> None:
     elif isinstance(p, ev.SiteUpdated):
         if (s := db.get(Site, p.name)) is not None:
             s.weight, s.description = p.weight, p.description or s.description
+    elif isinstance(p, ev.SiteUnreachable):
+        if (s := db.get(Site, p.site)) is not None and s.unreachable_since is None:
+            s.unreachable_since = when
+    elif isinstance(p, ev.SiteReachable):
+        if (s := db.get(Site, p.site)) is not None:
+            s.unreachable_since = None
     elif isinstance(p, ev.SiteRemoved):
         if (s := db.get(Site, p.name)) is not None:
             db.delete(s)

@@ -11,7 +11,7 @@ from contextlib import aclosing
 from typing import Any
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server
+from fedhub.coordinator.db import Server, Site
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.coordinator.sites import choose_site
 from fedhub.coordinator.users import get_user, iso
@@ -154,9 +154,20 @@ def progress_message(item: StoredEvent, url: str) -> dict[str, Any] | None:
     return {"progress": p.progress, "message": p.message}
 
 
-def server_model(hub: Hub, row: Server) -> dict[str, Any]:
-    """JupyterHub's server model, plus fedhub's ``site`` and ``status``."""
+def unreachable_sites(hub: Hub) -> set[str]:
+    """Sites in an open unreachable episode (from the projection)."""
+    with hub.sessions() as db:
+        return {s.name for s in db.query(Site).filter(Site.unreachable_since.is_not(None))}
+
+
+def server_model(hub: Hub, row: Server, unreachable: set[str] | None = None) -> dict[str, Any]:
+    """JupyterHub's server model, plus fedhub's ``site``, ``status`` and ``site_status``
+    ("unreachable" while its site is silent: the server is not assumed stopped)."""
     status = ev.ServerStatus(row.status)
+    unreachable = unreachable_sites(hub) if unreachable is None else unreachable
+    site_down = status.active and row.site in unreachable
+    message = (f"site {row.site} is unreachable; the server is kept until it reports again"
+               if site_down else row.message)
     prefix = server_prefix(row.user, row.name)
     base = f"/hub/api/users/{row.user}/" + (f"servers/{row.name}" if row.name else "server")
     pending = "spawn" if status.pending else "stop" if status is ev.ServerStatus.STOPPING else None
@@ -166,7 +177,7 @@ def server_model(hub: Hub, row: Server) -> dict[str, Any]:
         "pending": pending, "stopped": not status.active, "started": iso(row.started),
         "last_activity": iso(row.updated), "user_options": row.options,
         "progress_url": f"{base}/progress", "site": row.site, "status": row.status,
-        "message": row.message,
+        "site_status": "unreachable" if site_down else "reachable", "message": message,
     }
 
 

@@ -33,7 +33,9 @@ class CoordinatorSettings(BaseSettings):
     cli_token_file: Path | None = None
     cookie_max_age: float = Field(14 * 24 * 3600, gt=0)
     slow_spawn_timeout: float = Field(10.0, ge=0)
-    site_offline_after: float = Field(15.0, gt=0)
+    site_offline_after: float = Field(15.0, gt=0)  # no heartbeat for this long: unreachable
+    site_lost_after: float = Field(3600.0, gt=0)  # unreachable this long: its servers are lost
+    health_interval: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(1 << 20, gt=0)
 
     @field_validator("admin_user")

@@ -85,16 +85,43 @@ async def choose_site(hub: Hub, requested: str | None,
         raise BadRequest(f"invalid options for site {name}: {exc}") from exc
 
 
+def free_cpus(view: SiteView) -> float:
+    """Free cores as the site reports them (``free_cpus``, else ``cpus - load1``)."""
+    cap = view.capacity
+    try:
+        if "free_cpus" in cap:
+            return max(float(cap["free_cpus"]), 0.0)
+        return max(float(cap.get("cpus", 0)) - float(cap.get("load1", 0)), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def place(sites: list[SiteView]) -> tuple[str, str]:
+    """``site=auto``: among online, undrained sites, the highest operator weight, then the
+    most free cores, then the fewest servers. Returns (site, the reason, for the log)."""
+    usable = [s for s in sites if s.status == "online" and s.weight > 0]
+    if not usable:
+        drained = [s.name for s in sites if s.status == "online"]
+        why = f" ({', '.join(drained)} drained)" if drained else ""
+        raise BadRequest(f"no site is online and accepting servers{why}")
+    best = max(usable, key=lambda s: (s.weight, free_cpus(s), -s.servers))
+    others = ", ".join(f"{s.name}: weight {s.weight}, {free_cpus(s):g} free cores"
+                       for s in usable if s is not best)
+    reason = (f"auto: weight {best.weight}, {free_cpus(best):g} free cores, "
+              f"{best.servers} servers" + (f"; beat {others}" if others else ""))
+    skipped = [f"{s.name} ({'drained' if s.weight <= 0 else s.status})"
+               for s in sites if s not in usable]
+    if skipped:
+        reason += f"; not eligible: {', '.join(skipped)}"
+    return best.name, reason
+
+
 async def _pick(hub: Hub, requested: str | None) -> tuple[str, str]:
     sites = await list_sites(hub)
     if not sites:
         raise BadRequest("no sites are registered")
     if requested in (None, "", "auto"):
-        usable = [s for s in sites if s.status == "online" and s.weight > 0]
-        if not usable:
-            raise BadRequest("no site is online and accepting servers")
-        best = max(usable, key=lambda s: (s.weight, -s.servers))
-        return best.name, f"auto: online, weight {best.weight}, {best.servers} servers running"
+        return place(sites)
     match = next((s for s in sites if s.name == requested), None)
     if match is None:
         known = ", ".join(s.name for s in sites)

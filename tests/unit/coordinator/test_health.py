@@ -1,0 +1,80 @@
+"""Site health episodes: a silent site is unreachable, not stopped; it comes back, or,
+after the grace period, its servers are marked lost with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fedhub.coordinator import health, servers
+from fedhub.coordinator.app import open_hub
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.settings import CoordinatorSettings
+from fedhub.coordinator.siteadmin import enroll_site
+from fedhub.coordinator.users import create_user
+from fedhub.events.memory import MemoryStore
+from fedhub.events.signing import SigningKey
+from fedhub.schemas import subjects
+from fedhub.schemas.events import SiteHeartbeat
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    settings = CoordinatorSettings(data_dir=tmp_path, site_offline_after=15, site_lost_after=600)
+    made = await open_hub(settings, MemoryStore())
+    task = asyncio.create_task(made.projection.run())
+    await enroll_site(made, "hpc", backend="slurm", public_key=SigningKey.generate().public_b64,
+                      weight=1, description="", actor="test")
+    await create_user(made, "alice", admin=False, actor="test")
+    yield made
+    task.cancel()
+
+
+def beat(hub: Hub, age: float) -> None:
+    data = SiteHeartbeat(site="hpc", agent_id="a", servers=1).model_dump_json().encode()
+    store = hub.store
+    assert isinstance(store, MemoryStore)
+    store._health[subjects.health("hpc")] = (data, datetime.now(UTC) - timedelta(seconds=age))
+
+
+async def site_events(hub: Hub) -> list[str]:
+    return [i.event.type async for i in hub.store.read(subjects.site("hpc"))]
+
+
+async def test_silence_is_unreachable_then_back_without_losing_anything(hub: Hub) -> None:
+    beat(hub, 1)
+    await servers.start(hub, "alice", "", "hpc", {}, "user:alice")
+    await health.check(hub)
+    assert "SiteUnreachable" not in await site_events(hub)
+    beat(hub, 60)  # the agent went quiet
+    await health.check(hub)
+    await health.check(hub)  # recorded once
+    assert (await site_events(hub)).count("SiteUnreachable") == 1
+    row = servers.get_server(hub, "alice", "")
+    model = servers.server_model(hub, row)
+    assert model["site_status"] == "unreachable" and not model["stopped"]
+    assert "unreachable" in model["message"]
+    beat(hub, 1)  # it reports again
+    await health.check(hub)
+    assert (await site_events(hub))[-1] == "SiteReachable"
+    model = servers.server_model(hub, servers.get_server(hub, "alice", ""))
+    assert model["site_status"] == "reachable" and model["status"] == "accepted"
+
+
+async def test_past_the_grace_period_servers_are_marked_lost(hub: Hub) -> None:
+    beat(hub, 1)
+    await servers.start(hub, "alice", "", "hpc", {}, "user:alice")
+    beat(hub, 60)
+    await health.check(hub)
+    await health.check(hub, now=datetime.now(UTC) + timedelta(seconds=700))
+    last = await hub.store.last(subjects.server("alice", ""))
+    assert last is not None and last.event.type == "ServerFailed"
+    assert "unreachable for" in last.event.data["reason"]
+    assert last.event.data["reason"].startswith("lost:")
+    await health.check(hub, now=datetime.now(UTC) + timedelta(seconds=800))
+    history = [i.event.type async for i in hub.store.read(subjects.server("alice", ""))]
+    assert history.count("ServerFailed") == 1
