@@ -182,7 +182,10 @@ async def delete_one(name: str, request: Request) -> Response:
 
 @router.post("/users/{name}/server")
 @router.post("/users/{name}/servers/{server}")
-async def start_server(name: str, request: Request, server: str = "") -> Response:
+async def start_server(name: str, request: Request, server: str = "",
+                       wait: float | None = None) -> Response:
+    """Start a server: 201 when ready within the wait (``slow_spawn_timeout`` unless
+    ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202."""
     hub = hub_of(request)
     ident = auth.require(hub, request)
     user = users.get_user(hub, name)
@@ -196,9 +199,9 @@ async def start_server(name: str, request: Request, server: str = "") -> Respons
     if site is not None and not isinstance(site, str):
         raise BadRequest("site must be a string")
     seq = await servers.start(hub, user.name, server, site, options, _actor(ident))
+    patience = hub.settings.slow_spawn_timeout if wait is None else min(max(wait, 0.0), 300.0)
     status = await servers.wait_until(hub, user.name, server, seq, {
-        ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED},
-        hub.settings.slow_spawn_timeout)
+        ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED}, patience)
     if status is ServerStatus.READY and await wait_for_route(hub, user.name, server):
         await hub.projection.wait_for(await hub.store.last_seq())
         return JSONResponse(servers.server_model(hub, servers.get_server(hub, user.name,

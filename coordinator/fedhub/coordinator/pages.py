@@ -121,7 +121,7 @@ async def not_running(user: str, request: Request, server: str = "",
     name = users.get_user(hub, user).name
     server = servers.valid_server(server)
     prefix = server_prefix(name, server)
-    message = ""
+    message, last_site = "", ""
     try:
         row = servers.get_server(hub, name, server)
         status = ServerStatus(row.status)
@@ -130,13 +130,13 @@ async def not_running(user: str, request: Request, server: str = "",
             return RedirectResponse(f"{prefix}?redirects={redirects + 1}", 302)
         if status.pending:
             return RedirectResponse(f"/hub/spawn-pending/{quote(name, safe='@')}/{server}", 302)
-        message = row.message
+        message, last_site = row.message, row.site
     except NotFound:
         pass
     api_path = f"/users/{quote(name, safe='@')}/" + (f"servers/{server}" if server else "server")
     return render(request, "not_running.html", ident, status=424, url=prefix, message=message,
                   can_start=ident.name == name or ident.admin, sites=await list_sites(hub),
-                  api_path=api_path,
+                  api_path=api_path, last_site=last_site,
                   pending_url=f"/hub/spawn-pending/{quote(name, safe='@')}/{server}")
 
 

@@ -62,7 +62,7 @@ async def start(hub: Hub, user: str, server: str, site: str | None,
         raise BadRequest(f"server {user}/{server} is already starting") from exc
     seq = await hub.emit(subject, ev.ServerAccepted(
         user=user, server=server, site=chosen, spawn_id=spawn_id, reason=reason, progress=10,
-        message=f"Site {chosen} chosen ({reason})"), expected_seq=seq)
+        message=f"Placed at site {chosen}"), expected_seq=seq)
     await hub.emit(subjects.command(chosen, "start"), ev.StartServer(
         user=user, server=server, spawn_id=spawn_id, prefix=server_prefix(user, server),
         options=options), event_id=derived_id(spawn_id, "start-command"))

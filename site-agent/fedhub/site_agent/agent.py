@@ -209,7 +209,8 @@ class SiteAgent:
                         rec.target, rec.stage = cp.target, Stage.RUNNING
                         await self.publisher.publish(subject, ServerStarted(
                             **common, target=cp.target, state=cp.state, progress=80,
-                            message=cp.message or "Jupyter server is up"),
+                            # users see this: say what happened, not internal addresses
+                            message=f"Jupyter server is up at site {self.site}"),
                             parent=parent, purpose="started")
             if rec.stage is not Stage.RUNNING:
                 raise BackendError("the backend finished without a running server")
