@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nats-url")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--name", help="this proxy instance's name")
+    parser.add_argument("--tunnel-host", help="where agents' SSH tunnels connect")
+    parser.add_argument("--tunnel-port", type=int, help="0: a free port, -1: no tunnels")
+    parser.add_argument("--tunnel-advertise-host", help="the host agents dial (default: "
+                        "--tunnel-host)")
     return parser.parse_args(argv)
 
 
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(
             EdgeProxySettings, args.config, host=args.host, port=args.port,
             hub_url=args.hub_url, nats_url=args.nats_url, data_dir=args.data_dir, name=args.name,
+            tunnel_host=args.tunnel_host, tunnel_port=args.tunnel_port,
+            tunnel_advertise_host=args.tunnel_advertise_host,
         )
     except ConfigError as exc:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"fedhub edge-proxy: cannot listen on {settings.host}:{settings.port}: {exc}",
+        print(f"fedhub edge-proxy: cannot listen on {settings.host}:{settings.port} (or the "
+              f"tunnel endpoint {settings.tunnel_host}:{settings.tunnel_port}): {exc}",
               file=sys.stderr)
         return 1
     return 0

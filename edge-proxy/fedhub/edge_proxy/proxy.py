@@ -24,6 +24,8 @@ from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.edge_proxy.sync import follow, publish_key, rebuild
+from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable
+from fedhub.edge_proxy.tunnel_target import is_tunnel
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore
@@ -50,6 +52,7 @@ class EdgeProxy:
         self._auth = Authenticator(self.state)
         self._assertions = AssertionCache(self.key)
         self._forwarder = Forwarder(settings.upstream_timeout)
+        self.tunnels = Tunnels(settings, self.state, self.key)
         self._hub = settings.hub_url
         self._admin_access = settings.admin_access
         self._started = time.monotonic()
@@ -75,6 +78,7 @@ class EdgeProxy:
         self._follower = asyncio.create_task(
             follow(self.store, self.state, start, on_change=self._notify), name="edge-follow"
         )
+        await self.tunnels.start(self.store)
         self.ready = True
 
     async def stop(self) -> None:
@@ -88,6 +92,7 @@ class EdgeProxy:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.tunnels.stop()
         await self._forwarder.close()
 
     @property
@@ -98,6 +103,7 @@ class EdgeProxy:
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+        self.tunnels.revalidate()  # a revoked agent key ends its tunnel at once
 
     # -- requests --------------------------------------------------------------------------
 
@@ -207,6 +213,14 @@ class EdgeProxy:
         self, request: web.BaseRequest, target: str, assertion: str | None,
         source: str | None, label: str,
     ) -> web.StreamResponse:
+        forwarder = self._forwarder
+        if is_tunnel(target):
+            try:
+                forwarder = await self.tunnels.forwarder(target)
+            except TunnelUnavailable as exc:
+                log.info("%s: %s", label, exc)
+                return pages.error(request, 503, str(exc))
+            target = TUNNEL_BASE  # the bridge's socket decides where it goes
         url = upstream_url(target, request)
         if source == "query":  # the fedhub token must not reach the user's server
             url = url.with_query([(k, v) for k, v in url.query.items() if k != "token"])
@@ -217,8 +231,8 @@ class EdgeProxy:
         )
         try:
             if websocket:
-                return await self._forwarder.websocket(request, url, headers)
-            return await self._forwarder.http(request, url, headers)
+                return await forwarder.websocket(request, url, headers)
+            return await forwarder.http(request, url, headers)
         except UpstreamUnreachable as exc:
             log.info("%s unreachable: %s", label, exc)
             return pages.error(request, exc.status, f"{label} is not reachable")

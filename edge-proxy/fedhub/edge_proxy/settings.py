@@ -31,6 +31,11 @@ class EdgeProxySettings(BaseSettings):
     admin_access: bool = False
     upstream_timeout: float = Field(default=30.0, gt=0)
     access_log: bool = False  # one log line per request costs throughput; off by default
+    # SSH endpoint for site agents' tunnels: port 0 picks a free port, -1 turns it off.
+    tunnel_host: str = "127.0.0.1"
+    tunnel_port: int = Field(default=0, ge=-1, le=65535)
+    tunnel_advertise_host: str = ""  # what agents dial; empty: tunnel_host
+    tunnel_keepalive: float = Field(default=15.0, gt=0)  # seconds; 3 missed answers: gone
 
     @field_validator("hub_url")
     @classmethod

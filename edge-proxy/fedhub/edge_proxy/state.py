@@ -17,12 +17,12 @@ from datetime import datetime
 from yarl import URL
 
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
-from fedhub.events.envelope import Envelope
+from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
+from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
 from fedhub.events.store import StoredEvent
 from fedhub.schemas.events import (
-    KeyPublished,
     Payload,
     RouteAdded,
     RouteRemoved,
@@ -75,10 +75,10 @@ def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
     if not event.subject.startswith(_WATCHED):
         return state
     try:
-        payload = event.payload()
-        if isinstance(payload, KeyPublished):
-            _key_published(state, event, payload)
+        if event.subject.startswith(KEYS):
+            enroll(state.keyring, stored)  # the one key-trust rule (logs what it refuses)
             return state
+        payload = event.payload()
         event.verify(state.keyring, COORDINATOR)
         _apply_payload(state, stored, payload)
     except EventLogError as exc:
@@ -89,26 +89,6 @@ def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
     except Exception:  # a bug here must not stop the proxy from following the log
         log.exception("skipping event %d (%s on %s)", stored.seq, event.type, event.subject)
     return state
-
-
-def _key_published(state: ProxyState, event: Envelope, payload: KeyPublished) -> None:
-    # A key proves possession by signing its own announcement. Whether its holder may
-    # claim its role is decided by who may publish on fedhub.key.> (NATS permissions).
-    if event.subject != f"{KEYS}{payload.kid}":
-        log.warning("skipping key %s published on %s", payload.kid, event.subject)
-        return
-    if event.kid != payload.kid:
-        log.warning("skipping key %s: not signed by itself", payload.kid)
-        return
-    known = state.keyring.get(payload.kid)
-    if known is not None and known.role != payload.role:
-        log.warning("skipping key %s: already enrolled as %s, not %s",
-                    payload.kid, known.role, payload.role)
-        return
-    candidate = KeyRing()
-    candidate.add(payload.kid, payload.public_key, payload.role, payload.name)
-    event.verify(candidate, frozenset({payload.role}))
-    state.keyring.add(payload.kid, payload.public_key, payload.role, payload.name)
 
 
 def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> None:
@@ -134,10 +114,15 @@ def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> 
 
 
 def route_of(subject: str, seq: int, payload: RouteAdded) -> Route:
-    """The table entry for a RouteAdded; raises ValueError on an unusable target."""
+    """The table entry for a RouteAdded; raises ValueError on an unusable target.
+
+    Targets are ``http(s)://host:port`` or ``tunnel://<site>/<server-key>``.
+    """
     target = payload.target.rstrip("/")
     url = URL(target)
-    if url.scheme not in ("http", "https") or not url.host:
+    if is_tunnel(target):
+        parse_target(target)
+    elif url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"route target {payload.target!r} is not an http(s) URL")
     return Route(
         subject=subject,

@@ -41,7 +41,10 @@ async def rebuild(store: EventStore, state: ProxyState) -> int:
     token revocation, and the latest event of every route. Raises StoreUnavailable.
     """
     last = await store.last_seq()
-    for stored in await store.latest_per_subject("fedhub.key.>"):
+    keys = await store.latest_per_subject("fedhub.key.>")
+    # Twice: a site-agent key is trusted only once its enrolling coordinator's key is, and
+    # a re-published coordinator key can come later in the log than the keys it enrolled.
+    for stored in (*keys, *keys):
         apply(state, stored)
     for stored in await store.latest_per_subject("fedhub.user.>"):
         apply(state, stored)

@@ -31,6 +31,13 @@ def key_event(key: SigningKey, role: str, name: str) -> Envelope:
     return new_event(subjects.key(key.kid), payload, actor=f"{role}:{name}", signer=key)
 
 
+def enrolled_key_event(coordinator: SigningKey, agent: SigningKey, site: str) -> Envelope:
+    """A site agent's KeyPublished as ``fedhub site add`` writes it: signed by a coordinator."""
+    payload = KeyPublished(kid=agent.kid, public_key=agent.public_b64, role="site-agent",
+                           name=site)
+    return new_event(subjects.key(agent.kid), payload, actor="coordinator", signer=coordinator)
+
+
 @dataclass
 class World:
     """A coordinator key, a site agent key, and helpers making their events and tokens."""
@@ -40,7 +47,7 @@ class World:
 
     def keys(self) -> list[Envelope]:
         return [key_event(self.coordinator, "coordinator", "hub"),
-                key_event(self.agent, "site-agent", "site1")]
+                enrolled_key_event(self.coordinator, self.agent, "site1")]
 
     def signed(self, subject: str, payload: Payload, signer: SigningKey | None = None,
                *, unsigned: bool = False) -> Envelope:
