@@ -121,7 +121,10 @@ def route_of(subject: str, seq: int, payload: RouteAdded) -> Route:
     target = payload.target.rstrip("/")
     url = URL(target)
     if is_tunnel(target):
-        parse_target(target)
+        # Only a site's own tunnel may carry its servers: never route site A into site B.
+        if parse_target(target).site != payload.site:
+            raise ValueError(f"route target {payload.target!r} is not a tunnel of site "
+                             f"{payload.site!r}")
     elif url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"route target {payload.target!r} is not an http(s) URL")
     return Route(

@@ -37,6 +37,7 @@ from fedhub.site_agent.keys import TrustedKeysFile
 from fedhub.site_agent.publisher import Publisher
 from fedhub.site_agent.servers import ServerRecord, Stage
 from fedhub.site_agent.settings import SiteAgentSettings
+from fedhub.site_agent.tunnel import TunnelManager
 
 log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
@@ -55,6 +56,7 @@ class SiteAgent:
         self.key = key or SigningKey.load_or_create(settings.key_path)
         self.publisher = Publisher(store, self.key, self.site)
         self.trusted = TrustedKeysFile(settings.trusted_keys_path)
+        self.tunnels = TunnelManager(self.site, self.key, store) if settings.tunnel else None
         self.servers: dict[str, ServerRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -82,6 +84,8 @@ class SiteAgent:
             self._supervised("heartbeat", lambda: beat_forever(
                 self.store, self.settings.heartbeat_interval, self.heartbeat)),
         ]
+        if self.tunnels is not None:  # one outbound SSH tunnel to every edge proxy
+            self._loops.append(self._supervised("tunnels", self.tunnels.run))
         log.info("site agent %s for site %r started (key %s)", self.settings.agent_id,
                  self.site, self.key.kid)
 
@@ -102,6 +106,8 @@ class SiteAgent:
                                        rec.spec.spawn_id, "shutdown"))
         await asyncio.gather(*jobs, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.tunnels is not None:
+            await self.tunnels.close()
 
     def subject(self, user: str, server: str) -> str:
         """Where this site reports about one server (the only subjects it may write)."""
@@ -207,8 +213,12 @@ class SiteAgent:
                         await ack()
                     elif cp.phase is Phase.RUNNING:
                         rec.target, rec.stage = cp.target, Stage.RUNNING
+                        target, state = cp.target, cp.state
+                        if self.tunnels is not None:  # forwarded before the route exists
+                            target, state = await self.tunnels.add_server(
+                                spec.key, cp.target, cp.state)
                         await self.publisher.publish(subject, ServerStarted(
-                            **common, target=cp.target, state=cp.state, progress=80,
+                            **common, target=target, state=state, progress=80,
                             # users see this: say what happened, not internal addresses
                             message=f"Jupyter server is up at site {self.site}"),
                             parent=parent, purpose="started")
@@ -239,6 +249,8 @@ class SiteAgent:
     def _forget(self, rec: ServerRecord) -> None:
         if self.servers.get(rec.spec.key) is rec:
             del self.servers[rec.spec.key]
+            if self.tunnels is not None:
+                self.tunnels.remove_server(rec.spec.key)
 
     async def _on_stop(self, env: Envelope, cmd: StopServer, ack: AckOnce) -> None:
         try:
@@ -349,6 +361,8 @@ class SiteAgent:
                                   o.latest_id, "adopt-gone")
                 continue
             self.servers[o.spec.key] = rec
+            if self.tunnels is not None and o.started:
+                self.tunnels.adopt_server(o.spec.key, o.target, o.state)
             if o.latest_type == "ServerStopRequested":
                 self._spawn(self._stop(rec, "stopped on request", o.latest_id, "adopt-stopped"))
             elif not o.started:

@@ -1,0 +1,176 @@
+"""The agent's tunnels to every edge proxy, as announced in the log.
+
+Edge proxies announce their tunnel endpoint in ``EdgeProxyStarted`` on
+``fedhub.proxy.<name>``, signed with their key; their ``KeyPublished`` (self-signed, trusted
+by ``fedhub.events.enroll``) gives the host key to pin. The manager follows both subject
+families, keeps one :class:`ProxyLink` per trusted announcement (the latest per proxy
+name), and drops a link whose proxy key was revoked. A server of a tunnelled site gets
+the route target ``tunnel://<site-token>/<user-token>.<server-token>`` while its
+readiness checks and forwards go to the local address its backend reported; that local
+address is kept in the ServerStarted state (``tunnel_local_target``) so a restarted agent
+forwards its re-adopted servers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import urlsplit
+
+from fedhub.events.enroll import enroll
+from fedhub.events.errors import EventLogError
+from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.events.sshkeys import ssh_private_key, ssh_public_key
+from fedhub.events.store import EventStore, StoredEvent
+from fedhub.schemas import subjects
+from fedhub.schemas.events import EdgeProxyStarted
+from fedhub.schemas.names import subject_token
+from fedhub.site_agent.tunnel_link import Destination, Endpoint, ProxyLink
+
+log = logging.getLogger(__name__)
+LOCAL_TARGET = "tunnel_local_target"
+PROXY_ROLE = "edge-proxy"
+
+
+def tunnel_target(site: str, server_key: str) -> str:
+    """The route target of a tunnelled server: ``tunnel://<site-token>/<server-key>``."""
+    return f"tunnel://{subject_token(site)}/{server_key}"
+
+
+def local_destination(target: str) -> Destination:
+    """Host and port of a local ``http://host:port`` target; ValueError otherwise."""
+    parts = urlsplit(target)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"cannot tunnel to {target!r}: not an http://host:port URL")
+    return parts.hostname, parts.port or 80
+
+
+class TunnelManager:
+    """One tunnel per trusted edge proxy, each forwarding every running server."""
+
+    def __init__(self, site: str, key: SigningKey, store: EventStore,
+                 keepalive: float = 15.0) -> None:
+        self.site = site
+        self.store = store
+        self.keyring = KeyRing()
+        self.servers: dict[str, Destination] = {}
+        self.links: dict[str, ProxyLink] = {}
+        self._client_key = ssh_private_key(key)
+        self._keepalive = keepalive
+        self._announced: dict[str, StoredEvent] = {}  # proxy name -> latest EdgeProxyStarted
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- the log ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow keys and proxy announcements forever (safe to restart after a failure)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow("fedhub.key.>", self._on_key))
+            group.create_task(self._follow("fedhub.proxy.>", self._on_proxy))
+
+    async def _follow(self, pattern: str, handle: Any) -> None:
+        async with aclosing(self.store.follow(pattern)) as events:
+            async for item in events:
+                handle(item)
+
+    def _on_key(self, item: StoredEvent) -> None:
+        if enroll(self.keyring, item) or item.event.type == "KeyRevoked":
+            self._reconcile()
+
+    def _on_proxy(self, item: StoredEvent) -> None:
+        try:
+            started = item.event.payload_as(EdgeProxyStarted)
+        except EventLogError as exc:
+            log.warning("ignoring %s on %s: %s", item.event.type, item.event.subject, exc)
+            return
+        if item.event.subject != subjects.proxy(started.name):
+            log.warning("ignoring an announcement of %s on %s", started.name,
+                        item.event.subject)
+            return
+        self._announced[started.name] = item
+        self._reconcile()
+
+    def _endpoint(self, item: StoredEvent) -> Endpoint | None:
+        """The endpoint of a verified announcement, or None (unverified, no tunnels)."""
+        env = item.event
+        started = env.payload_as(EdgeProxyStarted)
+        if not started.tunnel_host or started.tunnel_port <= 0:
+            return None
+        try:
+            signer = env.verify(self.keyring, frozenset({PROXY_ROLE}))
+        except EventLogError:
+            return None  # its key is unknown (yet), revoked, or it is forged
+        if signer.kid != started.kid or signer.name != started.name:
+            log.warning("ignoring an announcement of proxy %s signed by %s (%s)",
+                        started.name, signer.name, signer.kid)
+            return None
+        public = self.keyring.as_dict()[signer.kid]["public_key"]
+        return Endpoint(started.name, started.kid, started.tunnel_host, started.tunnel_port,
+                        ssh_public_key(public))
+
+    def _reconcile(self) -> None:
+        wanted = {name: ep for name, item in self._announced.items()
+                  if (ep := self._endpoint(item)) is not None}
+        for name, link in list(self.links.items()):
+            ep = wanted.get(name)
+            if ep is None or not ep.same_as(link.endpoint):
+                log.info("closing the tunnel to edge proxy %s (%s)", name,
+                         "moved" if ep is not None else "no longer trusted or announced")
+                del self.links[name]
+                closing = asyncio.ensure_future(link.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        for name, ep in wanted.items():
+            if name not in self.links:
+                link = ProxyLink(self.site, self._client_key, ep, self.servers, self._keepalive)
+                self.links[name] = link
+                link.start()
+
+    # -- servers ---------------------------------------------------------------------------
+
+    async def add_server(self, key: str, local_target: str, state: Mapping[str, Any],
+                         wait: float = 5.0) -> tuple[str, dict[str, Any]]:
+        """Forward ``key`` to ``local_target`` through every tunnel.
+
+        Waits up to ``wait`` seconds for the connected proxies to accept the forward (so
+        the route works once published); returns the target and state to publish in
+        ServerStarted. Raises ValueError if the target cannot be tunnelled.
+        """
+        self.servers[key] = local_destination(local_target)
+        self._changed()
+        deadline = time.monotonic() + wait
+        while not all(link.in_sync(key) for link in self.links.values()):
+            if time.monotonic() >= deadline:
+                log.warning("not every edge proxy accepted the forward of %s in time", key)
+                break
+            await asyncio.sleep(0.02)
+        return tunnel_target(self.site, key), {**state, LOCAL_TARGET: local_target}
+
+    def adopt_server(self, key: str, target: str, state: Mapping[str, Any]) -> None:
+        """Forward a re-adopted running server again (its local address from ``state``)."""
+        local = state.get(LOCAL_TARGET, target)
+        try:
+            self.servers[key] = local_destination(str(local))
+        except ValueError as exc:
+            log.warning("cannot tunnel re-adopted %s: %s", key, exc)
+            return
+        self._changed()
+
+    def remove_server(self, key: str) -> None:
+        """Stop forwarding ``key`` (the server ended). Idempotent."""
+        if self.servers.pop(key, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        for link in self.links.values():
+            link.changed()
+
+    async def close(self) -> None:
+        """Close every tunnel (idempotent)."""
+        links, self.links = list(self.links.values()), {}
+        await asyncio.gather(*(link.close() for link in links), *self._closing,
+                             return_exceptions=True)

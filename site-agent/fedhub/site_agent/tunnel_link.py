@@ -1,0 +1,165 @@
+"""One agent's SSH connection to one edge proxy, kept up forever, carrying its forwards.
+
+The agent dials out (username = site name, client key = the agent's enrolled key) and
+accepts only the host key the log announced for that proxy (pinned; an unknown host key
+fails the connection). After every (re)connect it asks for one remote forward per running
+server, named ``<user-token>.<server-token>`` and leading to that server's local address,
+which the agent chose: the proxy can open channels only to those names. asyncssh's client
+refuses every other channel the proxy could try to open (sessions, direct-tcpip, X11,
+agent forwarding, forwards it never requested). Lost connections are retried with
+exponential backoff (1 s doubling to 30 s, with jitter) forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+JITTER = 0.2  # +-20 %: agents of many sites do not all come back in the same second
+FORWARD_PORT = 1  # part of the forward's name on the proxy; no port is bound anywhere
+Destination = tuple[str, int]
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0, 1, 2...): 1, 2, 4... up to 30 s,
+    each multiplied by a random factor in [0.8, 1.2]."""
+    base = min(BACKOFF_MAX, BACKOFF_START * 2.0 ** min(attempt, 16))
+    return base * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one edge proxy listens for tunnels and the host key it must present."""
+
+    name: str
+    kid: str
+    host: str
+    port: int
+    host_key: asyncssh.SSHKey
+
+    def same_as(self, other: Endpoint) -> bool:
+        """True if ``other`` is the same address with the same pinned key."""
+        return (self.host, self.port, self.kid) == (other.host, other.port, other.kid)
+
+
+class ProxyLink:
+    """Keeps one tunnel to ``endpoint`` with a forward for every entry of ``servers``.
+
+    ``servers`` (server key -> local host and port) is owned by the caller; call
+    :meth:`changed` after modifying it.
+    """
+
+    def __init__(self, site: str, client_key: asyncssh.SSHKey, endpoint: Endpoint,
+                 servers: dict[str, Destination], keepalive: float = 15.0) -> None:
+        self.site = site
+        self.endpoint = endpoint
+        self._client_key = client_key
+        self._servers = servers
+        self._keepalive = keepalive
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.forwarded: dict[str, tuple[asyncssh.SSHListener, Destination]] = {}
+        self.connects = 0  # successful connections so far (tests, status)
+
+    def start(self) -> None:
+        """Begin connecting in the background (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"tunnel-{self.endpoint.name}")
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection (idempotent)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def changed(self) -> None:
+        """The set of servers changed: add and remove forwards accordingly."""
+        self._changed.set()
+
+    def in_sync(self, key: str) -> bool:
+        """True when ``key`` is forwarded, or there is no connection to forward it on."""
+        return self.conn is None or key in self.forwarded
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await self._connect()
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.warning("no tunnel to edge proxy %s at %s:%d (%s); retrying in %.1f s",
+                            self.endpoint.name, self.endpoint.host, self.endpoint.port,
+                            exc or type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.connects += 1
+            log.info("tunnel to edge proxy %s (%s:%d) is up", self.endpoint.name,
+                     self.endpoint.host, self.endpoint.port)
+            try:
+                await self._serve(conn)
+            except (OSError, asyncssh.Error) as exc:
+                log.warning("tunnel to edge proxy %s failed: %s", self.endpoint.name, exc)
+            finally:
+                self.conn = None
+                self.forwarded.clear()
+                conn.close()
+            delay = backoff_delay(0)
+            log.warning("tunnel to edge proxy %s was lost; reconnecting in %.1f s",
+                        self.endpoint.name, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        ep = self.endpoint
+        return await asyncssh.connect(
+            ep.host, ep.port, username=self.site,
+            client_keys=[self._client_key], known_hosts=([ep.host_key], [], []),
+            server_host_key_algs=["ssh-ed25519"], preferred_auth="publickey",
+            agent_path=None, agent_forwarding=False, config=None, gss_host=None,
+            connect_timeout=15, login_timeout=30,
+            keepalive_interval=self._keepalive, keepalive_count_max=3,
+        )
+
+    async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+        closed = asyncio.ensure_future(conn.wait_closed())
+        try:
+            while not closed.done():
+                self._changed.clear()
+                await self._sync(conn)
+                changed = asyncio.ensure_future(self._changed.wait())
+                await asyncio.wait((closed, changed), return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+        finally:
+            closed.cancel()
+
+    async def _sync(self, conn: asyncssh.SSHClientConnection) -> None:
+        for key, (listener, dest) in list(self.forwarded.items()):
+            if self._servers.get(key) != dest:
+                del self.forwarded[key]
+                listener.close()  # cancel-tcpip-forward: the proxy forgets the name
+        for key, dest in list(self._servers.items()):
+            if key in self.forwarded:
+                continue
+            try:
+                listener = await conn.forward_remote_port(key, FORWARD_PORT, *dest)
+            except asyncssh.ChannelListenError as exc:
+                log.warning("edge proxy %s refused the forward for %s: %s",
+                            self.endpoint.name, key, exc)
+                continue
+            if self._servers.get(key) != dest:  # ended while we asked
+                listener.close()
+                continue
+            self.forwarded[key] = (listener, dest)
