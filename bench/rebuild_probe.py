@@ -1,0 +1,38 @@
+"""A fresh edge proxy's rebuild, timed: connect to the log, fold it, report JSON.
+
+Runs in its own process so that its memory and its caches start cold, as a new proxy's do.
+"""
+
+import asyncio
+import json
+import resource
+import sys
+import time
+
+
+async def main(nats_url: str) -> None:
+    t_import = time.perf_counter()
+    from fedhub.edge_proxy.state import ProxyState
+    from fedhub.edge_proxy.sync import rebuild
+    from fedhub.events.jetstream import JetStreamStore
+
+    t0 = time.perf_counter()
+    store = await JetStreamStore.connect(nats_url, name="bench-rebuild", create_streams=False)
+    t1 = time.perf_counter()
+    state = ProxyState()
+    await rebuild(store, state)
+    t2 = time.perf_counter()
+    await store.close()
+    print(json.dumps({"routes": len(state.routes), "rebuild_s": t2 - t1,
+                      "connect_s": t1 - t0, "import_s": t0 - t_import,
+                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main(sys.argv[1]))
