@@ -45,6 +45,9 @@ async def start_until_running(backend: Backend, spec: ServerSpec) -> tuple[dict[
     phases = []
     async with aclosing(backend.start(spec)) as checkpoints:
         async for cp in checkpoints:
+            if cp.phase is Phase.QUEUED:
+                assert cp.message, "a queued checkpoint says why"
+                continue
             phases.append(cp.phase)
             state = {**state, **cp.state}
             target = cp.target or target

@@ -22,15 +22,17 @@ from fedhub.schemas.names import InvalidName, from_subject_token, server_key
 
 log = logging.getLogger(__name__)
 SITE_ROLE = frozenset({"site-agent"})
-REPORTS = (ev.ServerSubmitted, ev.ServerStarted, ev.ServerStopped, ev.ServerFailed)
+REPORTS = (ev.ServerSubmitted, ev.ServerQueued, ev.ServerStarted, ev.ServerStopped,
+           ev.ServerFailed)
 # What a report may follow on the canonical subject.
 _AFTER: dict[str, frozenset[str]] = {
     "ServerSubmitted": frozenset({"ServerAccepted"}),
-    "ServerStarted": frozenset({"ServerAccepted", "ServerSubmitted"}),
-    "ServerStopped": frozenset({"ServerAccepted", "ServerSubmitted", "ServerStarted",
-                                "ServerReady", "ServerStopRequested"}),
-    "ServerFailed": frozenset({"ServerAccepted", "ServerSubmitted", "ServerStarted",
-                               "ServerReady", "ServerStopRequested"}),
+    "ServerQueued": frozenset({"ServerSubmitted", "ServerQueued"}),
+    "ServerStarted": frozenset({"ServerAccepted", "ServerSubmitted", "ServerQueued"}),
+    "ServerStopped": frozenset({"ServerAccepted", "ServerSubmitted", "ServerQueued",
+                                "ServerStarted", "ServerReady", "ServerStopRequested"}),
+    "ServerFailed": frozenset({"ServerAccepted", "ServerSubmitted", "ServerQueued",
+                               "ServerStarted", "ServerReady", "ServerStopRequested"}),
 }
 
 
@@ -98,7 +100,8 @@ async def _record(hub: Hub, item: StoredEvent, site: str, report: ev.ServerEvent
             return
         if data.get("site") not in (site, "auto") and latest.event.type != "ServerRequested":
             raise Rejected(f"spawn {data.get('spawn_id')} runs at site {data.get('site')!r}")
-        if latest.event.type == report.TYPE or latest.event.type not in _AFTER[report.TYPE]:
+        repeated = latest.event.type == report.TYPE and report.TYPE != "ServerQueued"
+        if repeated or latest.event.type not in _AFTER[report.TYPE]:
             return  # already recorded, or overtaken (e.g. started after a stop request)
         try:
             await hub.emit(subject, report, actor=f"site:{site}", expected_seq=latest.seq,

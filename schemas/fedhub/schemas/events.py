@@ -234,6 +234,15 @@ class ServerSubmitted(ServerEvent):
     state: dict[str, Any] = Field(default_factory=dict)
 
 
+class ServerQueued(ServerEvent):
+    """Still waiting at the site; ``message`` says why (e.g. "queued (Resources)")."""
+
+    TYPE = "ServerQueued"
+    STATUS = ServerStatus.SUBMITTED
+    site: str
+    spawn_id: str
+
+
 class ServerStarted(ServerEvent):
     """The server answered its readiness check at ``target`` (upstream registered)."""
 
@@ -323,7 +332,8 @@ CATALOG: dict[str, type[Payload]] = {
         TokenIssued, TokenRevoked, KeyPublished, KeyRevoked, SiteRegistered, SiteUpdated,
         SiteRemoved, SiteUnreachable, SiteReachable, SiteEventRejected, EdgeProxyStarted,
         SiteAgentStarted,
-        SiteHeartbeat, ServerRequested, ServerAccepted, ServerSubmitted, ServerStarted,
+        SiteHeartbeat, ServerRequested, ServerAccepted, ServerSubmitted, ServerQueued,
+        ServerStarted,
         ServerReady, ServerStopRequested, ServerStopped, ServerFailed, RouteAdded,
         RouteRemoved, StartServer, StopServer,
     )

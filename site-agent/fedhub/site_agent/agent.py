@@ -19,6 +19,7 @@ from fedhub.events.store import Delivery, EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     ServerFailed,
+    ServerQueued,
     ServerStarted,
     ServerStopped,
     ServerSubmitted,
@@ -41,6 +42,7 @@ from fedhub.site_agent.tunnel import TunnelManager
 
 log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
+CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
 
 
@@ -108,6 +110,9 @@ class SiteAgent:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.tunnels is not None:
             await self.tunnels.close()
+        release = getattr(self.backend, "close", None)  # e.g. SSH connections
+        if release is not None:
+            await release()
 
     def subject(self, user: str, server: str) -> str:
         """Where this site reports about one server (the only subjects it may write)."""
@@ -211,6 +216,10 @@ class SiteAgent:
                             message=cp.message or f"Submitted job {cp.job_id}"),
                             parent=parent, purpose="submitted")
                         await ack()
+                    elif cp.phase is Phase.QUEUED:
+                        await self.publisher.publish(subject, ServerQueued(
+                            **common, progress=50, message=cp.message or "queued"),
+                            parent=parent, purpose=f"queued:{cp.message}")
                     elif cp.phase is Phase.RUNNING:
                         rec.target, rec.stage = cp.target, Stage.RUNNING
                         target, state = cp.target, cp.state
@@ -299,9 +308,24 @@ class SiteAgent:
     # -- monitoring and re-adoption ---------------------------------------------------------
 
     async def _monitor_forever(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             await self.check_servers()
+            rounds += 1
+            if rounds % CLEANUP_EVERY == 0:
+                await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Let a backend that labels its jobs remove the ones no server of ours owns
+        (left by a crash between start and the first event). Never raises."""
+        clean = getattr(self.backend, "cleanup", None)
+        if clean is None:
+            return
+        try:
+            await clean({r.spec.spawn_id for r in self.servers.values()})
+        except BackendError as exc:
+            log.warning("cleanup of unknown jobs failed (will retry): %s", exc)
 
     async def check_servers(self) -> None:
         """One status query for every server not busy starting or stopping; positively
@@ -369,4 +393,5 @@ class SiteAgent:
                 rec.task = asyncio.create_task(self._run_start(
                     rec, self.backend.resume(o.spec, o.state), o.latest_id, AckOnce(None)))
             log.info("re-adopted %s (%s, %s)", o.spec.key, o.latest_type, report.status)
+        await self.cleanup()
 

@@ -21,8 +21,9 @@ class FakeBackend:
 
     def __init__(self, *, ready_delay: float = 0.0, fail: str | None = None,
                  never_ready: bool = False, status_fails: bool = False,
-                 offered: tuple[OptionSpec, ...] = ()) -> None:
+                 offered: tuple[OptionSpec, ...] = (), queued: tuple[str, ...] = ()) -> None:
         self.offered = offered
+        self.queued = queued
         self.ready_delay = ready_delay
         self.fail = fail
         self.never_ready = never_ready
@@ -51,6 +52,9 @@ class FakeBackend:
                      ) -> AsyncGenerator[Checkpoint, None]:
         if self.fail:
             raise BackendError(self.fail)
+        for reason in self.queued:
+            yield Checkpoint(Phase.QUEUED, dict(state), job_id=state["job"],
+                             message=f"queued ({reason})")
         if self.never_ready:
             await asyncio.Event().wait()
         await asyncio.sleep(self.ready_delay)

@@ -269,3 +269,15 @@ async def test_options_are_checked_against_what_the_site_offers(
     assert failed is not None
     assert "cores: must be a whole number" in failed.event.payload_as(ServerFailed).reason
     assert backend.started == []
+
+
+async def test_a_queued_job_tells_the_user_why_it_waits(store: MemoryStore,
+                                                         make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend(queued=("Priority", "Resources")))
+    await agent.start()
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerQueued", "ServerQueued",
+                              "ServerStarted"])
+    reports = [i.event.data["message"] async for i in
+               store.read(subjects.site_server("hpc", "alice", ""))]
+    assert reports[1:3] == ["queued (Priority)", "queued (Resources)"]

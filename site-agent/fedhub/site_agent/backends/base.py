@@ -37,6 +37,7 @@ class Phase(StrEnum):
     """Which checkpoint a start has reached."""
 
     SUBMITTED = "submitted"
+    QUEUED = "queued"  # optional, between SUBMITTED and RUNNING: still waiting (message why)
     RUNNING = "running"
 
 
@@ -69,14 +70,22 @@ class JobReport:
 
 
 class Backend(Protocol):
-    """How the agent starts, stops and watches servers at its site."""
+    """How the agent starts, stops and watches servers at its site.
+
+    Optional extras the agent calls when a backend has them: ``async cleanup(known
+    spawn ids)`` removes labelled jobs no server owns (after adoption and periodically;
+    raises BackendError to be retried later), and ``async close()`` releases connections
+    when the agent shuts down.
+    """
 
     name: str
 
     def start(self, spec: ServerSpec) -> AsyncGenerator[Checkpoint, None]:
         """Start a server, yielding checkpoints as it progresses.
 
-        Yields first a SUBMITTED checkpoint (``job_id`` and ``state``), then a RUNNING one
+        Yields first a SUBMITTED checkpoint (``job_id`` and ``state``), then any number of
+        QUEUED ones whose ``message`` says why it still waits (only when that changes), then
+        a RUNNING one
         with ``target`` (the URL the proxy forwards to) once the server answered a
         readiness check, then ends. Raises BackendError with a user-readable message when
         the server cannot be started; before raising it cleans up what it started. Closing

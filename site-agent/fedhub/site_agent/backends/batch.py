@@ -268,6 +268,7 @@ class BatchBackend:
         last_query = -1e9
         report = JobReport(JobStatus.UNKNOWN)
         reg: tuple[str, int] | None = None
+        told = ""
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
@@ -284,6 +285,10 @@ class BatchBackend:
                 if report.status is JobStatus.RUNNING and running_since is None:
                     running_since = now
                 if running_since is None:
+                    why = f"queued ({report.reason})" if report.reason else "queued"
+                    if report.status is JobStatus.PENDING and why != told:
+                        told = why
+                        yield Checkpoint(Phase.QUEUED, dict(state), job_id=job_id, message=why)
                     if self.queue_timeout and now - started > self.queue_timeout:
                         raise BackendError(f"{label} job {job_id} did not start within "
                                            f"{self.queue_timeout:.0f} s ({report.reason})")
