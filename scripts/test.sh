@@ -14,6 +14,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # chromium runs the browser tests (tests/browser, driven by playwright-core).
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   { [ -x /usr/sbin/sshd ] && command -v ip >/dev/null; } || missing+=(openssh-server iproute2)  # SSH site tests
+  command -v nft >/dev/null || missing+=(nftables)  # firewalled site namespaces (federation tests)
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
