@@ -34,6 +34,7 @@ from fedhub.site_agent.tunnel_link import Destination, Endpoint, ProxyLink
 log = logging.getLogger(__name__)
 LOCAL_TARGET = "tunnel_local_target"
 PROXY_ROLE = "edge-proxy"
+KEEP_ANNOUNCEMENTS = 8
 
 
 def tunnel_target(site: str, server_key: str) -> str:
@@ -61,7 +62,9 @@ class TunnelManager:
         self.links: dict[str, ProxyLink] = {}
         self._client_key = ssh_private_key(key)
         self._keepalive = keepalive
-        self._announced: dict[str, StoredEvent] = {}  # proxy name -> latest EdgeProxyStarted
+        # proxy name -> its latest announcements, newest last: the newest one that verifies
+        # wins, so a forged or not yet verifiable announcement never hides a good one.
+        self._announced: dict[str, list[StoredEvent]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- the log ---------------------------------------------------------------------------
@@ -91,30 +94,45 @@ class TunnelManager:
             log.warning("ignoring an announcement of %s on %s", started.name,
                         item.event.subject)
             return
-        self._announced[started.name] = item
+        if self._verified(item) is None:
+            log.info("edge proxy %s's announcement (seq %d) is not verifiable (yet)",
+                     started.name, item.seq)
+        recent = self._announced.setdefault(started.name, [])
+        recent.append(item)
+        del recent[:-KEEP_ANNOUNCEMENTS]
         self._reconcile()
 
-    def _endpoint(self, item: StoredEvent) -> Endpoint | None:
-        """The endpoint of a verified announcement, or None (unverified, no tunnels)."""
+    def _verified(self, item: StoredEvent) -> EdgeProxyStarted | None:
+        """The announcement if the proxy it names signed it with its trusted key."""
         env = item.event
         started = env.payload_as(EdgeProxyStarted)
-        if not started.tunnel_host or started.tunnel_port <= 0:
-            return None
         try:
             signer = env.verify(self.keyring, frozenset({PROXY_ROLE}))
         except EventLogError:
             return None  # its key is unknown (yet), revoked, or it is forged
         if signer.kid != started.kid or signer.name != started.name:
-            log.warning("ignoring an announcement of proxy %s signed by %s (%s)",
-                        started.name, signer.name, signer.kid)
+            log.debug("announcement of proxy %s signed by %s (%s)", started.name, signer.name,
+                      signer.kid)
             return None
-        public = self.keyring.as_dict()[signer.kid]["public_key"]
+        return started
+
+    def _endpoint(self, item: StoredEvent) -> Endpoint | None:
+        """Where a verified announcement says to dial, or None (tunnels disabled)."""
+        started = item.event.payload_as(EdgeProxyStarted)
+        if not started.tunnel_host or started.tunnel_port <= 0:
+            return None
+        public = self.keyring.as_dict()[started.kid]["public_key"]
         return Endpoint(started.name, started.kid, started.tunnel_host, started.tunnel_port,
                         ssh_public_key(public))
 
     def _reconcile(self) -> None:
-        wanted = {name: ep for name, item in self._announced.items()
-                  if (ep := self._endpoint(item)) is not None}
+        wanted: dict[str, Endpoint] = {}
+        for name, items in self._announced.items():
+            for item in reversed(items):
+                if self._verified(item) is not None:
+                    if (ep := self._endpoint(item)) is not None:
+                        wanted[name] = ep
+                    break
         for name, link in list(self.links.items()):
             ep = wanted.get(name)
             if ep is None or not ep.same_as(link.endpoint):

@@ -51,7 +51,7 @@ def test_key_conversion_round_trip() -> None:
     assert public_b64(public) == key.public_b64
     assert kid_of(public) == kid_of(private) == key.kid == key_id(raw_public(public))
     # what the private SSH key signs, the published public key verifies
-    assert public.verify(b"data", private.sign(b"data"))
+    assert public.verify(b"data", private.sign(b"data", b"ssh-ed25519"))
 
 
 def test_openssh_text_form_is_the_same_key() -> None:
