@@ -29,7 +29,7 @@ from fedhub.edge_proxy.tunnel_server import AgentServer, Registry
 from fedhub.edge_proxy.tunnel_target import TunnelTarget, parse_target
 from fedhub.events.envelope import derived_id, new_event
 from fedhub.events.signing import SigningKey
-from fedhub.events.sshkeys import ssh_private_key
+from fedhub.events.sshkeys import CIPHERS, ssh_private_key
 from fedhub.events.store import EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted
@@ -108,7 +108,7 @@ class Tunnels:
             self.settings.tunnel_host, self.settings.tunnel_port,
             server_host_keys=[ssh_private_key(self._key)],
             allow_pty=False, x11_forwarding=False, agent_forwarding=False,
-            gss_host=None, login_timeout=30,
+            gss_host=None, login_timeout=30, encryption_algs=CIPHERS, compression_algs=None,
             keepalive_interval=self.settings.tunnel_keepalive, keepalive_count_max=3,
         )
         self.port = self._acceptor.get_port()

@@ -119,6 +119,8 @@ class Bridge:
                 await _pump_both(reader, writer, up_reader, up_writer)
             finally:
                 up_writer.close()
+        except asyncio.CancelledError:
+            pass  # closing the bridge: asyncio would log a cancelled connection handler
         finally:
             self._pumps.discard(task)
             writer.close()

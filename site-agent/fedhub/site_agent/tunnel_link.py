@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from fedhub.events.sshkeys import CIPHERS
+
 log = logging.getLogger(__name__)
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
@@ -128,7 +130,7 @@ class ProxyLink:
             client_keys=[self._client_key], known_hosts=([ep.host_key], [], []),
             server_host_key_algs=["ssh-ed25519"], preferred_auth="publickey",
             agent_path=None, agent_forwarding=False, config=None, gss_host=None,
-            connect_timeout=15, login_timeout=30,
+            connect_timeout=15, login_timeout=30, encryption_algs=CIPHERS, compression_algs=None,
             keepalive_interval=self._keepalive, keepalive_count_max=3,
         )
 
