@@ -239,6 +239,36 @@ class JetStreamStore:
             except NatsError:
                 pass
 
+    async def _pulled(
+        self, subjects: str, config: jsapi.ConsumerConfig
+    ) -> AsyncGenerator[StoredEvent, None]:
+        """Everything ``subjects`` holds now, fetched in bounded batches from an ephemeral
+        pull consumer: memory stays flat however long the log (a push consumer buffers
+        whatever the server sends ahead of a slow reader)."""
+        config.ack_policy = jsapi.AckPolicy.NONE
+        config.inactive_threshold = 60.0  # dropped by the server if we vanish mid-read
+        sub = await self._js.pull_subscribe(subjects, stream=self._stream, config=config)
+        try:
+            info = await sub.consumer_info()
+            pending = int(info.num_pending or 0)
+            while pending > 0:
+                try:
+                    batch = await sub.fetch(min(_FETCH_BATCH, pending), timeout=5)
+                except NatsTimeout:
+                    continue
+                for msg in batch:
+                    pending = int(msg.metadata.num_pending)
+                    item = self._decoded(msg)
+                    if item is not None:
+                        yield item
+        finally:
+            try:
+                await sub.unsubscribe()
+                if info_name := getattr(sub, "_consumer", None):
+                    await self._js.delete_consumer(self._stream, info_name)
+            except (NatsError, NotFoundError):
+                pass
+
     def _start_config(self, start: int) -> jsapi.ConsumerConfig:
         if start <= 1:
             return jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.ALL)
@@ -249,7 +279,7 @@ class JetStreamStore:
     async def read(
         self, subjects: str = ALL, *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
-        async for item in self._ordered(subjects, self._start_config(start), until_caught_up=True):
+        async for item in self._pulled(subjects, self._start_config(start)):
             yield item
 
     async def follow(
@@ -260,7 +290,7 @@ class JetStreamStore:
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
-        return [item async for item in self._ordered(subjects, cfg, until_caught_up=True)]
+        return [item async for item in self._pulled(subjects, cfg)]
 
     async def consume(
         self, subjects: str, *, durable: str
