@@ -133,7 +133,7 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
         t0 = time.perf_counter()
         asyncio.run(_build(nats, size))
         log(f"  loaded in {time.perf_counter() - t0:.0f}s")
-        reps = cfg["reps"] if tag == "big" else 1
+        reps = cfg.get("audit_reps", cfg["reps"]) if tag == "big" else 1
         for _ in range(reps):
             secs, rss, rows = audit(nats, "--user", "u0042")
             R.setdefault(f"audit_{tag}_eps", []).append(size / secs)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, Procs  # noqa: E402
+from common import BENCH, Procs, cpu_seconds  # noqa: E402
 from fedlog import USER, FedLog  # noqa: E402
 from services import start_backend, start_edge_proxy, start_nats  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["http", "rebuild"])
+    ap.add_argument("what", choices=["http", "rebuild", "tput"])
     ap.add_argument("--size", default="1k")
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
@@ -51,7 +51,21 @@ def main() -> None:
             return token
 
         token = asyncio.run(setup())
-        if args.what == "http":
+        if args.what == "tput":  # no profiler: quick before/after throughput
+            proxy = start_edge_proxy(procs, root, nats, be, "edge")
+            for size in ("1k", "64k"):
+                url = f"http://127.0.0.1:{proxy.port}/user/{USER}/{size}.bin"
+                for _ in range(3):
+                    cpu0 = cpu_seconds(proxy.pid)
+                    out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s",
+                                          "-H", f"Authorization: token {token}", url],
+                                         capture_output=True, text=True).stdout
+                    cpu = cpu_seconds(proxy.pid) - cpu0
+                    rps = [ln for ln in out.splitlines() if "Requests/sec" in ln]
+                    n = float(rps[0].split()[-1]) * args.seconds if rps else 1
+                    print(size, rps[0] if rps else out[-300:],
+                          f"cpu/req {cpu / n * 1e6:.0f} us", flush=True)
+        elif args.what == "http":
             proxy = start_edge_proxy(procs, root, nats, be, "edge")
             url = f"http://127.0.0.1:{proxy.port}/user/{USER}/{args.size}.bin"
             spy = subprocess.Popen(["py-spy", "record", "-p", str(proxy.pid), "-r", "200",

@@ -202,7 +202,7 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
     await log2.filler_routes(cfg["routes_mid"] - 2, cfg["routes_big"] - 2, be)
     R["append_bulk_eps"].append((cfg["routes_big"] - cfg["routes_mid"])
                                 / (time.perf_counter() - t0))
-    for _ in range(reps):
+    for _ in range(cfg.get("rebuild_big_reps", reps)):
         probe = rebuild_probe(nats2)
         R.setdefault("rebuild_big_s", []).append(probe["rebuild_s"])
         R.setdefault("rebuild_big_routes", []).append(probe["routes"])

@@ -1,3 +1,280 @@
-import json
-def table(data): return json.dumps(data["results"], indent=0)[:5000]
-def markdown(data): return table(data)
+"""The one table: each figure for fedhub and its anchor from the same run, their ratio, and
+whether the target of issue 5 is met. Figures are medians over the repetitions."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+# Why a target is missed, from the profiles taken with bench/profile_proxy.py. Shown only
+# for rows whose target the run did not meet.
+WHY = {
+    "rps": "the proxy process is CPU-bound (one core): py-spy shows ~40% of its time in "
+           "socket writes and most of the rest in aiohttp's client and server machinery",
+    "rebuild": "py-spy: about half of a rebuild is Ed25519 verification of every event "
+               "(events/signing.py via edge_proxy/state.py, ~0.4 ms per verify on this CPU), "
+               "the rest pydantic decoding and JetStream delivery",
+    "spawn": "the local site agent polls readiness every 0.25 s "
+             "(site_agent/backends/local.py) and each spawn crosses the log several times",
+    "ws": "each frame crosses two aiohttp WebSocket objects and two tasks in Python",
+    "users": "each listed user is folded into a model with its servers from SQL",
+}
+
+
+def med(R: dict[str, list[Any]], key: str) -> float | None:
+    vals = [v for v in R.get(key, []) if isinstance(v, int | float)]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v: float | None, unit: str = "", digits: int | None = None) -> str:
+    if v is None:
+        return "—"
+    if digits is None:
+        a = abs(v)
+        digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
+    return f"{v:,.{digits}f}{unit}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}x"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+        self.met: list[str] = []
+        self.missed: list[tuple[str, str]] = []
+
+    def section(self, title: str) -> None:
+        self.rows.append((f"**{title}**", "", "", "", "", ""))
+
+    def row(self, what: str, fed: str, anchor: str, r: str, target: str,
+            ok: bool | None, why: str = "", note: str = "") -> None:
+        if ok is None:
+            verdict = note or "reported"
+        else:
+            verdict = "yes" if ok else "**NO**"
+            (self.met.append(what) if ok else self.missed.append((what, why)))
+        self.rows.append((what, fed, anchor, r, target, verdict))
+
+
+def _check(cond: bool | None) -> bool | None:
+    return cond
+
+
+def build(data: dict[str, Any]) -> Table:
+    R = data["results"]
+    fail = data.get("failures", {})
+    t = Table()
+    m = lambda k: med(R, k)  # noqa: E731
+
+    # -- edge proxy -----------------------------------------------------------------------
+    t.section("Edge proxy (wrk, keep-alive, nginx static backend; x = ratio to direct)")
+    if "proxy" in fail:
+        t.row("edge proxy benchmarks", "failed", "", "", "", None, note=fail["proxy"])
+    for conns in (64, 1):
+        for size in ("1k", "64k"):
+            k = f"c{conns}.{size}"
+            d, f, c, n = (m(f"rps.{x}.{k}") for x in ("direct", "fedhub", "chp", "nginx"))
+            if f is None:
+                continue
+            label = f"throughput, {conns} conn, {size.replace('k', ' KiB')} (req/s)"
+            rel = lambda v: f"{fmt(v)} ({ratio(v, d)})"  # noqa: E731
+            t.row(label + " vs CHP", rel(f), f"CHP {rel(c)}", ratio(f, c), ">= 2x CHP",
+                  f is not None and c is not None and f >= 2 * c, WHY["rps"])
+            t.row(label + " vs nginx", rel(f), f"nginx {rel(n)}", ratio(f, n),
+                  ">= 0.5x nginx", f is not None and n is not None and f >= 0.5 * n, WHY["rps"])
+    for conns in (64, 1):
+        for size in ("1k", "64k"):
+            k = f"c{conns}.{size}"
+            f, c, n = (m(f"cpu_us.{x}.{k}") for x in ("fedhub", "chp", "nginx"))
+            if f is None:
+                continue
+            t.row(f"proxy CPU per request, {conns} conn, {size.replace('k', ' KiB')}",
+                  fmt(f, " µs"), f"CHP {fmt(c, ' µs')}; nginx {fmt(n, ' µs')}", ratio(f, c),
+                  "report", None)
+    for size in ("1k", "64k"):
+        d = m(f"lat_mean_us.direct.c1.{size}")
+        f, c, n = (m(f"lat_mean_us.{x}.c1.{size}") for x in ("fedhub", "chp", "nginx"))
+        if f is None or d is None:
+            continue
+        fa, ca = f - d, (c - d if c is not None else None)
+        na = n - d if n is not None else None
+        t.row(f"latency added, 1 conn, {size.replace('k', ' KiB')} (mean)", fmt(fa, " µs"),
+              f"CHP {fmt(ca, ' µs')}; nginx {fmt(na, ' µs')}", ratio(fa, ca), "<= CHP",
+              ca is not None and fa <= ca, WHY["rps"])
+    for size in ("1k", "64k"):
+        f, c = m(f"lat_p99_us.fedhub.c64.{size}"), m(f"lat_p99_us.chp.c64.{size}")
+        if f is None:
+            continue
+        t.row(f"p99 latency, 64 conn, {size.replace('k', ' KiB')}", fmt(f / 1000, " ms"),
+              f"CHP {fmt(c / 1000 if c else None, ' ms')}", ratio(f, c), "<= CHP",
+              c is not None and f <= c, WHY["rps"])
+    mid = int(m("meta.routes_mid") or 10_000)
+    for size in ("1k", "64k"):
+        f10, f1 = m(f"rps.fedhub10k.c64.{size}"), m(f"rps.fedhub.c64.{size}")
+        if f10 is None:
+            continue
+        t.row(f"throughput with {mid:,} routes vs 1, 64 conn, {size.replace('k', ' KiB')}",
+              fmt(f10, " req/s"), f"fedhub, 1 route: {fmt(f1, ' req/s')}", ratio(f10, f1),
+              ">= 0.95x", f1 is not None and f10 >= 0.95 * f1,
+              "same process, same code path: the difference is noise between the runs")
+    dp50, dp99 = m("ws_p50_us.direct"), m("ws_p99_us.direct")
+    for q, dq in (("p50", dp50), ("p99", dp99)):
+        f, c = m(f"ws_{q}_us.fedhub"), m(f"ws_{q}_us.chp")
+        if f is None or dq is None:
+            continue
+        fa, ca = f - dq, (c - dq if c is not None else None)
+        t.row(f"WebSocket echo round trip added, {q}", fmt(fa, " µs"),
+              f"CHP {fmt(ca, ' µs')} (direct {fmt(dq, ' µs')})", ratio(fa, ca), "<= CHP",
+              ca is not None and fa <= ca, WHY["ws"])
+    t.row("throughput through a site agent's tunnel", "n/a", "own direct path", "—",
+          ">= 0.5x direct", None, note="n/a (tunnels landed while this suite was written; not measured yet)")
+    big = int(m("meta.routes_big") or 100_000)
+    f, c = m("rss_big_mib.fedhub"), m("rss_big_mib.chp")
+    if f is not None:
+        t.row(f"resident memory with {big:,} routes", fmt(f, " MiB"), f"CHP {fmt(c, ' MiB')}",
+              ratio(f, c), "report", None)
+        t.row("resident memory with 1 route (idle)", fmt(m("rss_1route_mib.fedhub"), " MiB"),
+              f"CHP {fmt(m('rss_1route_mib.chp'), ' MiB')} (with {mid:,} routes)", "—",
+              "report", None)
+
+    # -- route table ----------------------------------------------------------------------
+    t.section("Route table from the event log")
+    f = m("route_served_p99_ms")
+    if f is not None:
+        t.row(f"route event appended -> served, p99 ({mid:,} routes)", fmt(f, " ms"),
+              f"CHP REST add-route call p99 {fmt(m('chp_add_p99_ms'), ' ms')}", "—", "< 50 ms",
+              f < 50, "")
+        t.row(f"route event appended -> served, p50 ({mid:,} routes)",
+              fmt(m("route_served_p50_ms"), " ms"),
+              f"CHP REST call p50 {fmt(m('chp_add_p50_ms'), ' ms')}", "—", "report", None)
+    for tag, n, limit in (("mid", mid, 1.0), ("big", big, 5.0)):
+        f = m(f"rebuild_{tag}_s")
+        if f is None:
+            continue
+        t.row(f"fresh proxy rebuild, {n:,} routes", fmt(f, " s"),
+              "CHP: loses its routes on restart", "—", f"< {limit:g} s", f < limit,
+              WHY["rebuild"])
+    f = m("start_to_ready_big_s")
+    if f is not None:
+        t.row(f"fresh proxy process, start to ready, {big:,} routes", fmt(f, " s"), "—", "—",
+              "report", None)
+
+    # -- log --------------------------------------------------------------------------------
+    t.section("Event log and audit (JupyterHub keeps no event log: no anchor)")
+    if "log" in fail:
+        t.row("log benchmarks", "failed", "", "", "", None, note=fail["log"])
+    f = m("audit_big_eps")
+    if f is not None:
+        n = int(m("audit_big_events") or 0)
+        t.row(f"`fedhub audit --user` replay of {n:,} events", fmt(f, " events/s"), "n/a", "—",
+              ">= 100,000/s", f >= 100_000,
+              "every event is decoded (pydantic) and its Ed25519 signature verified "
+              "(coordinator/audit.py, events/signing.py): ~0.4 ms per verify on this CPU")
+        rs, rb = m("audit_small_rss_mib"), m("audit_big_rss_mib")
+        ns = int(m("audit_small_events") or 0)
+        t.row("audit peak RSS (streaming: flat?)", f"{fmt(rb, ' MiB')} at {n:,}",
+              f"{fmt(rs, ' MiB')} at {ns:,}", ratio(rb, rs), "flat (~1x)",
+              rb is not None and rs is not None and rb <= 1.25 * rs, "memory grows with the log")
+    for x in (1, 32):
+        f = m(f"append_eps.x{x}")
+        if f is not None:
+            t.row(f"sustained signed appends, {x} in flight", fmt(f, " events/s"),
+                  f"p50 {fmt(m(f'append_p50_ms.x{x}'), ' ms')}", "—", "report", None)
+            t.row(f"append latency p99, {x} in flight", fmt(m(f"append_p99_ms.x{x}"), " ms"),
+                  "n/a", "—", "report", None)
+
+    # -- hub --------------------------------------------------------------------------------
+    t.section("Spawning and the API vs JupyterHub (same trivial server command)")
+    if "hub" in fail:
+        t.row("hub benchmarks", "failed", "", "", "", None, note=fail["hub"])
+    f, j = m("spawn1_live_p50_s.fedhub"), m("spawn1_live_p50_s.jupyterhub")
+    if f is not None:
+        t.row("one spawn, request to route live, p50", fmt(f, " s"), f"JupyterHub {fmt(j, ' s')}",
+              ratio(f, j), "<= JupyterHub", j is not None and f <= j, WHY["spawn"])
+    for n in (100, 500, 20):
+        f, j = m(f"burst{n}_wall_s.fedhub"), m(f"burst{n}_wall_s.jupyterhub")
+        okf, okj = m(f"burst{n}_ok.fedhub"), m(f"burst{n}_ok.jupyterhub")
+        if okf is None and okj is None:
+            continue
+        runs = len(R.get(f"burst{n}_ok.fedhub", []))
+        all_ok = okf == n
+        t.row(f"burst of {n} spawns, wall time ({runs} run{'s' if runs != 1 else ''})",
+              f"{fmt(f, ' s')} ({int(okf or 0)}/{n} ok)",
+              f"JupyterHub {fmt(j, ' s')} ({int(okj or 0)}/{n} ok)", ratio(f, j),
+              "all succeed, <= 0.5x JupyterHub",
+              all_ok and f is not None and j is not None and f <= 0.5 * j,
+              WHY["spawn"] if all_ok else "not every spawn succeeded: "
+              + str((R.get(f"burst{n}_error.fedhub") or [""])[0]))
+        fp, jp = m(f"burst{n}_p99_s.fedhub"), m(f"burst{n}_p99_s.jupyterhub")
+        t.row(f"burst of {n} spawns, p99 / p50", f"{fmt(fp, ' s')} / "
+              f"{fmt(m(f'burst{n}_p50_s.fedhub'), ' s')}",
+              f"JupyterHub {fmt(jp, ' s')} / {fmt(m(f'burst{n}_p50_s.jupyterhub'), ' s')}",
+              ratio(fp, jp), "report", None)
+    f, j = m("users_p99_ms.fedhub"), m("users_p99_ms.jupyterhub")
+    if f is not None:
+        nu = data["config"].get("users", 10_000)
+        t.row(f"GET /hub/api/users (50 per page) with {nu:,} users, p99", fmt(f, " ms"),
+              f"JupyterHub {fmt(j, ' ms')}", ratio(f, j), "report beside JupyterHub", None)
+        t.row(f"GET /hub/api/users with {nu:,} users, p50", fmt(m("users_p50_ms.fedhub"), " ms"),
+              f"JupyterHub {fmt(m('users_p50_ms.jupyterhub'), ' ms')}",
+              ratio(m("users_p50_ms.fedhub"), m("users_p50_ms.jupyterhub")), "report", None)
+    return t
+
+
+def _md_table(t: Table) -> str:
+    head = ("measure", "fedhub", "anchor (same run)", "ratio", "target", "met")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in t.rows]
+    return "\n".join(lines)
+
+
+def table(data: dict[str, Any]) -> str:
+    t = build(data)
+    cfg = data["config"]
+    mode = "quick" if data.get("quick") else "full"
+    head = (f"fedhub benchmark suite ({mode}: {cfg['reps']} repetition(s), medians; "
+            f"{data['date']}; {data['machine']['cores']} cores "
+            f"{data['machine']['cpu']}; took {data['durations'].get('total', 0) / 60:.1f} min)")
+    summary = (f"targets met: {len(t.met)}; not met: {len(t.missed)}")
+    return "\n".join([head, "", _md_table(t), "", summary])
+
+
+def markdown(data: dict[str, Any]) -> str:
+    t = build(data)
+    mach, cfg = data["machine"], data["config"]
+    out = [
+        "# fedhub benchmark results",
+        "",
+        "Produced by `bash bench/run.sh --results bench/RESULTS.md` "
+        f"({'--quick' if data.get('quick') else 'full run'}). Reports only; asserts nothing.",
+        "",
+        f"- date: {data['date']}",
+        f"- machine: {mach['cpu']}, {mach['cores']} cores, {mach['mem_gib']} GiB, "
+        f"{mach['os']} (kernel {mach['kernel']}), Python {mach['python']}; shared and noisy",
+        f"- anchors: {data.get('versions', {}).get('anchors', 'see bench/package.json')}",
+        f"- method: runs alternate fedhub and anchors, {cfg['reps']} repetitions "
+        f"({cfg.get('burst_reps')} for spawn bursts), medians; wrk (1 thread) {cfg['wrk_seconds']} s "
+        "per run; load generator, proxies and backends all on this machine; nginx and the "
+        "proxies use one worker process each",
+        f"- suite time: {data['durations'].get('total', 0) / 60:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in data['durations'].items() if k != 'total')})",
+        "",
+        _md_table(t),
+        "",
+        "## Targets",
+        "",
+        f"Met ({len(t.met)}): " + ("; ".join(t.met) if t.met else "none") + ".",
+        "",
+        f"Not met ({len(t.missed)}):",
+        "",
+    ]
+    for what, why in t.missed:
+        out.append(f"- {what}" + (f": {why}" if why else ""))
+    notes = data.get("notes")
+    if notes:
+        out += ["", "## Notes", "", notes]
+    return "\n".join(out) + "\n"

@@ -24,12 +24,33 @@ from common import BENCH, Procs, dump, log, machine  # noqa: E402
 FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "routes_mid": 10_000,
         "routes_big": 100_000, "route_samples": 200, "audit_events": 1_000_000,
         "append_seconds": 10, "spawn_singles": 10, "bursts": [100, 500], "burst_reps": 3,
-        "users": 10_000, "users_requests": 300}
+        "users": 10_000, "users_requests": 300,
+        # the slowest items (minutes each) run fewer times to keep the suite under 30 min
+        "audit_reps": 2, "rebuild_big_reps": 2, "reps_burst500": 2}
 QUICK = {"reps": 1, "wrk_seconds": 1, "ws_messages": 500, "routes_mid": 10_000,
          "routes_big": 100_000, "route_samples": 100, "audit_events": 200_000,
          "append_seconds": 3, "spawn_singles": 5, "bursts": [100], "burst_reps": 1,
-         "users": 2_000, "users_requests": 100}
+         "users": 2_000, "users_requests": 100,
+         "audit_reps": 1, "rebuild_big_reps": 1, "reps_burst500": 1}
 STAGES = ("proxy", "log", "hub")
+
+
+def anchors() -> str:
+    """Versions of what fedhub is compared with."""
+    import subprocess
+
+    def out(argv: list[str]) -> str:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    chp = json.loads((BENCH / "node_modules" / "configurable-http-proxy" / "package.json")
+                     .read_text()).get("version", "?") if (BENCH / "node_modules").exists() else "?"
+    jh = out([str(BENCH / ".venv-jupyterhub" / "bin" / "jupyterhub"), "--version"])
+    return (f"configurable-http-proxy {chp} (node {out(['node', '--version'])}), "
+            f"JupyterHub {jh}, {out(['nginx', '-v'])}, {out(['wrk', '-v']).split(' Copyright')[0]}")
 
 
 def main() -> int:
@@ -54,6 +75,7 @@ def main() -> int:
         data = {"config": cfg, "quick": args.quick, "machine": machine(),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "results": {}, "failures": {}, "durations": {}}
+        data["versions"] = {"anchors": anchors()}
         stages = [s for s in args.only.split(",") if s]
         root = Path(tempfile.mkdtemp(prefix="fedhub-bench-"))
         t_start = time.monotonic()
