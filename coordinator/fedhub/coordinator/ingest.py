@@ -18,7 +18,7 @@ from fedhub.events.errors import EventLogError, InvalidSignature
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
-from fedhub.schemas.names import InvalidName, from_subject_token, server_key
+from fedhub.schemas.names import InvalidName, from_subject_token, server_key, subject_token
 
 log = logging.getLogger(__name__)
 SITE_ROLE = frozenset({"site-agent"})
@@ -83,7 +83,20 @@ def _verified(hub: Hub, item: StoredEvent, site: str) -> ev.Payload:
         if env.subject != expected:
             raise Rejected(f"about {server_key(payload.user, payload.server)} but published "
                            f"on {env.subject}")
+    if isinstance(payload, ev.ServerStarted):
+        _check_target(site, payload)
     return payload
+
+
+def _check_target(site: str, started: ev.ServerStarted) -> None:
+    """A site may route only into its own tunnel, to the server it reports about."""
+    scheme, _, rest = started.target.partition("://")
+    if scheme == "tunnel":
+        own = f"{subject_token(site)}/{server_key(started.user, started.server)}"
+        if rest != own:
+            raise Rejected(f"target {started.target!r} is not this site's tunnel to this server")
+    elif scheme not in ("http", "https") or not rest:
+        raise Rejected(f"target {started.target[:80]!r} is not an http(s) or tunnel URL")
 
 
 async def _record(hub: Hub, item: StoredEvent, site: str, report: ev.ServerEvent) -> None:

@@ -149,7 +149,8 @@ class EdgeProxy:
             route = waited
         assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
                                          token_auth=source != "cookie")
-        return await self._forward(request, route.target, assertion, source, _label(route))
+        return await self._forward(request, route.target, assertion, source, _label(route),
+                                   route.site)
 
     def _identify(self, request: web.BaseRequest) -> tuple[Identity, str] | None:
         """The identity and where it came from ("header", "query", "cookie"), or None."""
@@ -209,9 +210,15 @@ class EdgeProxy:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return route
 
+    def _unreachable(self, label: str, site: str) -> str:
+        if site and site in self.state.unreachable_sites:
+            return (f"the site {site} is unreachable: {label} has not been stopped and will "
+                    "answer again when the site reconnects")
+        return f"{label} is not reachable"
+
     async def _forward(
         self, request: web.BaseRequest, target: str, assertion: str | None,
-        source: str | None, label: str,
+        source: str | None, label: str, site: str = "",
     ) -> web.StreamResponse:
         forwarder = self._forwarder
         if is_tunnel(target):
@@ -235,9 +242,11 @@ class EdgeProxy:
             return await forwarder.http(request, url, headers)
         except UpstreamUnreachable as exc:
             log.info("%s unreachable: %s", label, exc)
-            return pages.error(request, exc.status, f"{label} is not reachable")
+            return pages.error(request, exc.status, self._unreachable(label, site))
         except UpstreamError as exc:
             log.info("%s failed: %s", label, exc)
+            if site in self.state.unreachable_sites:
+                return pages.error(request, 503, self._unreachable(label, site))
             what = "did not answer in time" if exc.status == 504 else "answered badly"
             return pages.error(request, exc.status, f"{label} {what}")
 

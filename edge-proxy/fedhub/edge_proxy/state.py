@@ -26,12 +26,15 @@ from fedhub.schemas.events import (
     Payload,
     RouteAdded,
     RouteRemoved,
+    SiteReachable,
+    SiteUnreachable,
     TokenRevoked,
     UserCreated,
     UserDeleted,
     UserLoggedOut,
     UserUpdated,
 )
+from fedhub.schemas.subjects import is_site_fact
 
 log = logging.getLogger(__name__)
 COORDINATOR = frozenset({"coordinator"})
@@ -41,7 +44,8 @@ USERS = "fedhub.user."
 LOGINS = "fedhub.login."
 TOKENS = "fedhub.token."
 ROUTES = "fedhub.route."
-_WATCHED = (KEYS, USERS, LOGINS, TOKENS, ROUTES)
+SITES = "fedhub.site."
+_WATCHED = (KEYS, USERS, LOGINS, TOKENS, ROUTES, SITES)
 
 
 @dataclass(slots=True)
@@ -64,6 +68,8 @@ class ProxyState:
     routes: RouteTable = field(default_factory=RouteTable)
     # Server names ever routed per user: tells "/user/a/lab/" (a path) from a named server.
     servers: dict[str, set[str]] = field(default_factory=dict)
+    # Sites in an open "unreachable" episode (coordinators record them from heartbeats).
+    unreachable_sites: set[str] = field(default_factory=set)
     seq: int = 0
 
 
@@ -72,8 +78,8 @@ def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
     event = stored.event
     if stored.seq > state.seq:
         state.seq = stored.seq
-    if not event.subject.startswith(_WATCHED):
-        return state
+    if not event.subject.startswith(_WATCHED) or is_site_fact(event.subject):
+        return state  # raw site reports count only once a coordinator recorded them
     try:
         if event.subject.startswith(KEYS):
             enroll(state.keyring, stored)  # the one key-trust rule (logs what it refuses)
@@ -111,6 +117,10 @@ def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> 
         state.servers.setdefault(payload.user, set()).add(payload.server)
     elif isinstance(payload, RouteRemoved):
         state.routes.remove(event.subject)
+    elif isinstance(payload, SiteUnreachable):
+        state.unreachable_sites.add(payload.site)
+    elif isinstance(payload, SiteReachable):
+        state.unreachable_sites.discard(payload.site)
 
 
 def route_of(subject: str, seq: int, payload: RouteAdded) -> Route:

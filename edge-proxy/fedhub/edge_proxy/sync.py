@@ -54,6 +54,8 @@ async def rebuild(store: EventStore, state: ProxyState) -> int:
                 apply(state, stored)
     for stored in await store.latest_per_subject("fedhub.route.>"):
         apply(state, stored)
+    for stored in await store.latest_per_subject("fedhub.site.*"):
+        apply(state, stored)  # open health episodes
     state.seq = max(state.seq, last)
     return last + 1
 

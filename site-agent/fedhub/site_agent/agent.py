@@ -58,7 +58,9 @@ class SiteAgent:
         self.key = key or SigningKey.load_or_create(settings.key_path)
         self.publisher = Publisher(store, self.key, self.site)
         self.trusted = TrustedKeysFile(settings.trusted_keys_path)
-        self.tunnels = TunnelManager(self.site, self.key, store) if settings.tunnel else None
+        self.tunnels = (TunnelManager(self.site, self.key, store,
+                                      keepalive=settings.tunnel_keepalive)
+                        if settings.tunnel else None)
         self.servers: dict[str, ServerRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()

@@ -37,6 +37,7 @@ class SiteAgentSettings(BaseSettings):
     stop_servers_on_exit: bool = False
     credentials: Path | None = None  # bundle from `fedhub site add`: site, NATS, key
     tunnel: bool = False  # servers reachable only through the agent's outbound tunnels
+    tunnel_keepalive: float = Field(default=15.0, gt=0)  # s; 3 missed answers: reconnect
     backend: str = "local"  # local | slurm | docker | ssh | htcondor
     backend_config: dict[str, Any] = Field(default_factory=dict)  # [site_agent.backend_config]
     jupyter_command: list[str] = Field(default_factory=_default_jupyter_command, min_length=1)

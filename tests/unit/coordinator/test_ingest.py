@@ -112,3 +112,15 @@ async def test_stale_and_repeated_reports_change_nothing(hub: Hub) -> None:
     assert (await canonical(hub)).count("ServerStarted") == 1
     assert "ServerStopped" not in await canonical(hub)
     assert await rejections(hub) == []
+
+
+async def test_a_site_may_route_only_into_its_own_tunnel(hub: Hub) -> None:
+    spawn_id = await spawn(hub)
+    for target in ("tunnel://cloud/alice._", "tunnel://hpc/bob._", "file:///etc/passwd"):
+        await report(hub, ev.ServerStarted(user="alice", site="hpc", spawn_id=spawn_id,
+                                           target=target), key=HPC)
+    assert "ServerStarted" not in await canonical(hub)
+    assert len(await rejections(hub)) == 3
+    await report(hub, ev.ServerStarted(user="alice", site="hpc", spawn_id=spawn_id,
+                                       target="tunnel://hpc/alice._"), key=HPC)
+    assert (await canonical(hub))[-1] == "ServerStarted"
