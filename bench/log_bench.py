@@ -110,9 +110,10 @@ async def appends(nats_url: str, seconds: float, inflight: int) -> tuple[float, 
     return rate, lat
 
 
-async def _build(nats_url: str, size: int) -> None:
+async def _build(nats_url: str, size: int, key: SigningKey) -> None:
+    """Grow the log to ``size`` events, all signed by ``key`` (published first), so that
+    the audit verifies every one of them."""
     store = await JetStreamStore.connect(nats_url, name="bench-loader")
-    key = SigningKey.generate()
     kp = KeyPublished(kid=key.kid, public_key=key.public_b64, role="coordinator", name="bench")
     if await store.last_seq() == 0:
         await store.append(new_event(subjects.key(key.kid), kp, actor="coordinator:bench",
@@ -128,14 +129,16 @@ async def _build(nats_url: str, size: int) -> None:
 def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
     nats = start_nats(procs, root, "nats-audit")
     small = max(cfg["audit_events"] // 10, 10_000)
+    key = SigningKey.generate()
     for size, tag in ((small, "small"), (cfg["audit_events"], "big")):
         log(f"audit log of {size} events")
         t0 = time.perf_counter()
-        asyncio.run(_build(nats, size))
+        asyncio.run(_build(nats, size, key))
         log(f"  loaded in {time.perf_counter() - t0:.0f}s")
         reps = cfg.get("audit_reps", cfg["reps"]) if tag == "big" else 1
         for _ in range(reps):
             secs, rss, rows = audit(nats, "--user", "u0042")
+            log(f"  audit of {size} events: {secs:.0f}s, peak RSS {rss:.0f} MiB")
             R.setdefault(f"audit_{tag}_eps", []).append(size / secs)
             R.setdefault(f"audit_{tag}_rss_mib", []).append(rss)
             R.setdefault(f"audit_{tag}_rows", []).append(rows)

@@ -26,7 +26,7 @@ FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "routes_mid": 10_000,
         "append_seconds": 10, "spawn_singles": 10, "bursts": [100, 500], "burst_reps": 3,
         "users": 10_000, "users_requests": 300,
         # the slowest items (minutes each) run fewer times to keep the suite under 30 min
-        "audit_reps": 2, "rebuild_big_reps": 2, "reps_burst500": 2}
+        "audit_reps": 1, "rebuild_big_reps": 2, "reps_burst500": 2}
 QUICK = {"reps": 1, "wrk_seconds": 1, "ws_messages": 500, "routes_mid": 10_000,
          "routes_big": 100_000, "route_samples": 100, "audit_events": 200_000,
          "append_seconds": 3, "spawn_singles": 5, "bursts": [100], "burst_reps": 1,
@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--results", type=Path, help="also write the Markdown report here")
     ap.add_argument("--raw", type=Path, default=BENCH / "out" / "raw.json")
     ap.add_argument("--report-only", action="store_true", help="re-print from --raw")
+    ap.add_argument("--merge", action="store_true",
+                    help="run only --only's stages and replace their figures in --raw")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override one setting, e.g. --set reps=5")
     args = ap.parse_args()
@@ -72,6 +74,7 @@ def main() -> int:
     if args.report_only:
         data = json.loads(args.raw.read_text())
     else:
+        previous = json.loads(args.raw.read_text()) if args.merge else None
         data = {"config": cfg, "quick": args.quick, "machine": machine(),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "results": {}, "failures": {}, "durations": {}}
@@ -95,6 +98,21 @@ def main() -> int:
                 data["durations"][stage] = round(time.monotonic() - t0, 1)
         finally:
             data["durations"]["total"] = round(time.monotonic() - t_start, 1)
+            if previous is not None:  # keep the other stages' figures from the earlier run
+                prefixes = {"log": ("audit_", "append_eps", "append_p")}
+                mine = tuple(p for s in stages for p in prefixes.get(s, ()))
+                kept = {k: v for k, v in previous["results"].items()
+                        if not (mine and k.startswith(mine))}
+                kept.update(data["results"])
+                previous["results"] = kept
+                previous["durations"].update(
+                    {k: v for k, v in data["durations"].items() if k != "total"})
+                previous["durations"]["total"] = sum(
+                    v for k, v in previous["durations"].items() if k != "total")
+                previous["failures"].update(data["failures"])
+                previous.setdefault("reruns", []).append(
+                    {"stages": stages, "date": data["date"]})
+                data = previous
             args.raw.parent.mkdir(parents=True, exist_ok=True)
             dump(args.raw, data)
         if data["failures"]:
