@@ -15,9 +15,12 @@ WHY = {
            "rest in aiohttp's client and server machinery, under 10% in fedhub's own code "
            "(auth, route lookup, headers); buffering headers into the first body write made "
            "no difference measurable on this machine, so it was not kept",
-    "rebuild": "py-spy: about half of a rebuild is Ed25519 verification of every event "
-               "(events/signing.py via edge_proxy/state.py, ~0.4 ms per verify on this CPU), "
-               "the rest pydantic decoding and JetStream delivery",
+    "rebuild": "py-spy (bench/profile_proxy.py rebuild): about half of the samples are the "
+               "Ed25519 verification of every event (edge_proxy/state.py -> "
+               "events/signing.py, outside the files this work may change), the rest "
+               "pydantic decoding, JetStream delivery and imports; meeting the target needs "
+               "fewer verifications (e.g. a signed snapshot of the table, or verifying a "
+               "route when it is first used) rather than a faster loop",
     "spawn": "the local site agent polls readiness every 0.25 s "
              "(site_agent/backends/local.py: most of the single-spawn gap) and each spawn "
              "crosses the log several times (request, accepted, submitted, running, ready, "
@@ -30,7 +33,7 @@ WHY = {
 
 METHOD_NOTES = """\
 - This machine is shared: other engineers' test suites ran during the run, so single
-  figures swing by 2x between repetitions (see bench/out/raw.json for every sample).
+  figures swing by 2x between repetitions (every sample is in bench/RESULTS.json).
   Ratios within one repetition are steadier than absolute figures.
 - HTTP: wrk with one thread; the fedhub path is the real one (`/user/bench/...` with an API
   token: route lookup, token check, signed assertion, header rewrite); CHP and nginx
@@ -217,7 +220,10 @@ def build(data: dict[str, Any]) -> Table:
         t.row(f"`fedhub audit --user` replay of {n:,} events", fmt(f, " events/s"), "n/a", "—",
               ">= 100,000/s", f >= 100_000,
               "every event is decoded (pydantic) and its Ed25519 signature verified "
-              "(coordinator/audit.py, events/signing.py): ~0.4 ms per verify on this CPU")
+              "(coordinator/audit.py, events/signing.py) before the filter applies, about "
+              "0.2 ms per event here; 100,000/s needs the filter to skip events before "
+              "decoding and verifying them (e.g. --user/--site as NATS subject filters) "
+              "or verification spread over processes")
         rs, rb = m("audit_small_rss_mib"), m("audit_big_rss_mib")
         ns = int(m("audit_small_events") or 0)
         t.row("audit peak RSS (streaming: flat?)", f"{fmt(rb, ' MiB')} at {n:,}",
@@ -307,6 +313,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"({cfg.get('burst_reps')} for spawn bursts), medians; wrk (1 thread) {cfg['wrk_seconds']} s "
         "per run; load generator, proxies and backends all on this machine; nginx and the "
         "proxies use one worker process each",
+        *([f"- stages re-run later and merged: "
+           + "; ".join(f"{', '.join(r['stages'])} at {r['date']}" for r in data["reruns"])
+           + " (the first run's audit log had 90% of its events signed by a key never "
+           "published, so they were not verified; fixed and re-run)"]
+          if data.get("reruns") else []),
         f"- suite time: {data['durations'].get('total', 0) / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in data['durations'].items() if k != 'total')})",
         "",

@@ -123,6 +123,7 @@ def main() -> int:
     print(text)
     if args.results:
         args.results.write_text(report.markdown(data))
+        dump(args.results.with_suffix(".json"), data)  # every sample, beside the table
         log(f"wrote {args.results}")
     return 0
 
