@@ -222,3 +222,17 @@ async def _raw_log(fed: Federation) -> bytes:
         return b"\n".join([i.event.encode() async for i in store.read("fedhub.>")])
     finally:
         await store.close()
+
+
+def test_a_restarted_agent_readopts_under_its_restricted_credential(fed: Federation) -> None:
+    erin = user(fed, "erin")
+    spawn(erin, "erin", "site-a")
+    before = asyncio.run(_last_route(fed, "erin"))
+    site = fed.sites["site-a"]
+    site.stop_agent(crash=True)  # a clean stop would stop its servers (stop_servers_on_exit)
+    site.start_agent()
+    wait_until(lambda: erin.client.get("/user/erin/api/status", timeout=30).status_code == 200,
+               timeout=90)
+    assert asyncio.run(_last_route(fed, "erin")) == before
+    kinds = [r["event"] for r in _audit(fed, "--user", "erin")]
+    assert "ServerStopped" not in kinds and kinds.count("ServerStarted") == 1

@@ -46,7 +46,8 @@ async def hub(nats: dict[str, str]) -> AsyncIterator[JetStreamStore]:
 @pytest.fixture
 async def site_a(nats: dict[str, str], hub: JetStreamStore) -> AsyncIterator[JetStreamStore]:
     store = await JetStreamStore.connect(nats["a"], create_streams=False,
-                                         inbox_prefix=inbox_prefix("site-a"))
+                                         inbox_prefix=inbox_prefix("site-a"),
+                                         bounded_reads=False)  # as a site agent connects
     yield store
     await store.close()
 
@@ -61,6 +62,7 @@ async def test_a_site_may_do_its_own_work(hub: JetStreamStore, site_a: JetStream
     last = await site_a.last(own)
     assert last is not None and last.seq == seq
     assert [i.seq for i in await site_a.latest_per_subject(subjects.site_facts("site-a"))] == [seq]
+    assert [i.seq async for i in site_a.read(own)] == [seq]  # what re-adoption reads
     await site_a.put_health(subjects.health("site-a"),
                             SiteHeartbeat(site="site-a", agent_id="a", servers=0)
                             .model_dump_json().encode())

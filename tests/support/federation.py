@@ -55,9 +55,13 @@ class Site:
             self.agent = self.ns.popen([sys.executable, "-m", "fedhub.site_agent"], env=env,
                                        stdout=out, stderr=subprocess.STDOUT)
 
-    def stop_agent(self) -> None:
+    def stop_agent(self, crash: bool = False) -> None:
+        """Stop the agent (SIGTERM: it stops its servers), or kill it as a crash would."""
         if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
+            if crash:
+                self.agent.kill()
+            else:
+                self.agent.terminate()
             try:
                 self.agent.wait(60)
             except subprocess.TimeoutExpired:

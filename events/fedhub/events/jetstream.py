@@ -36,6 +36,7 @@ from fedhub.schemas.subjects import ALL, HEALTH_ROOT, HEALTH_STREAM, STREAM
 log = logging.getLogger(__name__)
 WRONG_LAST_SEQUENCE = 10071
 _FETCH_BATCH = 256
+_MAX_STALLS = 3
 
 
 async def _on_error(exc: Exception) -> None:
@@ -66,10 +67,16 @@ class _JetStreamDelivery:
 class JetStreamStore:
     """EventStore backed by a NATS JetStream stream; see EventStore for the contract."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, stream: str = STREAM) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str = STREAM,
+                 bounded_reads: bool = True) -> None:
         self._nc = nc
         self._js = js
         self._stream = stream
+        # Pull consumers keep long reads (audit, rebuilds) in flat memory, but fetching
+        # needs permission on the consumer's random name, which a site's credential cannot
+        # be given without letting it fetch from every consumer; sites read their few
+        # subjects with named push consumers, authorized by their filter.
+        self._bounded_reads = bounded_reads
 
     @classmethod
     async def connect(
@@ -82,6 +89,7 @@ class JetStreamStore:
         name: str = "fedhub",
         connect_timeout: float = 15.0,
         inbox_prefix: str = "",
+        bounded_reads: bool = True,
     ) -> JetStreamStore:
         """Connect (reconnecting forever once connected) and make sure the streams exist.
 
@@ -107,7 +115,7 @@ class JetStreamStore:
         except (NatsError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
                                    f"{str(exc) or 'no answer in time'}") from exc
-        store = cls(nc, nc.jetstream())
+        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads)
         if create_streams:
             await store.ensure_streams(replicas=replicas)
         return store
@@ -247,14 +255,23 @@ class JetStreamStore:
         whatever the server sends ahead of a slow reader)."""
         config.ack_policy = jsapi.AckPolicy.NONE
         config.inactive_threshold = 60.0  # dropped by the server if we vanish mid-read
-        sub = await self._js.pull_subscribe(subjects, stream=self._stream, config=config)
+        try:
+            sub = await self._js.pull_subscribe(subjects, stream=self._stream, config=config)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(
+                f"cannot read {subjects}: {str(exc) or 'refused or timed out'}") from exc
         try:
             info = await sub.consumer_info()
             pending = int(info.num_pending or 0)
+            stalls = 0
             while pending > 0:
                 try:
                     batch = await sub.fetch(min(_FETCH_BATCH, pending), timeout=5)
-                except NatsTimeout:
+                    stalls = 0
+                except NatsTimeout as exc:
+                    stalls += 1
+                    if stalls >= _MAX_STALLS:  # refused, or the server went away
+                        raise StoreUnavailable(f"reading {subjects} stalled") from exc
                     continue
                 for msg in batch:
                     pending = int(msg.metadata.num_pending)
@@ -279,6 +296,11 @@ class JetStreamStore:
     async def read(
         self, subjects: str = ALL, *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
+        if not self._bounded_reads:
+            async for item in self._ordered(subjects, self._start_config(start),
+                                            until_caught_up=True):
+                yield item
+            return
         async for item in self._pulled(subjects, self._start_config(start)):
             yield item
 
@@ -290,6 +312,8 @@ class JetStreamStore:
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
+        if not self._bounded_reads:
+            return [i async for i in self._ordered(subjects, cfg, until_caught_up=True)]
         return [item async for item in self._pulled(subjects, cfg)]
 
     async def consume(

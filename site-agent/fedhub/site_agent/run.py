@@ -44,8 +44,10 @@ async def run_agent(settings: SiteAgentSettings, stop: asyncio.Event | None = No
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(settings)
+    # a site credential (its own inbox prefix) reads through filter-authorized consumers
     store = await JetStreamStore.connect(settings.nats_url, name=f"site-agent-{settings.site}",
-                                         create_streams=key is None, inbox_prefix=inbox)
+                                         create_streams=key is None, inbox_prefix=inbox,
+                                         bounded_reads=not inbox)
     agent = SiteAgent(settings, store, backend, key=key)
     try:
         await agent.start()
