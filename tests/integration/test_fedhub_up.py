@@ -3,7 +3,9 @@ included), and running it again keeps users and history."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -14,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fedhub.events.errors import StoreUnavailable
+from fedhub.events.jetstream import JetStreamStore
+from fedhub.schemas.bundle import Bundle
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -89,6 +94,52 @@ def test_up_runs_the_hub_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         rows = [json.loads(line) for line in audit.stdout.splitlines()]
         stopped = [r for r in rows if r["event"] == "ServerStopped"]
         assert stopped and "shut down" in stopped[-1]["details"]["reason"]
+        operate_a_second_site(data_dir, tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0, log.read_text()
+
+
+def fedhub(data_dir: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "fedhub.coordinator.cli", "--data-dir",
+                          str(data_dir), *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def site_row(data_dir: Path, name: str) -> str:
+    rows = [line for line in fedhub(data_dir, "site", "list").splitlines()
+            if line.split()[0] == name]
+    return rows[0] if rows else ""
+
+
+def operate_a_second_site(data_dir: Path, tmp_path: Path) -> None:
+    """fedhub site add / list / drain / remove, with a real agent joining from a bundle."""
+    bundle = tmp_path / "extra.json"
+    said = fedhub(data_dir, "site", "add", "extra", "--backend", "local", "--bundle",
+                  str(bundle), "--description", "a second site")
+    assert "enrolled site extra" in said and bundle.stat().st_mode & 0o777 == 0o600
+    assert "unknown" in site_row(data_dir, "extra")  # enrolled, its agent not yet seen
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env.update({"FEDHUB_CREDENTIALS": str(bundle), "FEDHUB_HEARTBEAT_INTERVAL": "1",
+                "FEDHUB_DATA_DIR": str(tmp_path / "extra-site")})
+    agent = subprocess.Popen([sys.executable, "-m", "fedhub.site_agent"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "online" not in site_row(data_dir, "extra"):
+            assert time.monotonic() < deadline, site_row(data_dir, "extra")
+            time.sleep(0.5)
+        fedhub(data_dir, "site", "drain", "extra")
+        assert "drained" in site_row(data_dir, "extra")
+        said = fedhub(data_dir, "site", "remove", "extra")
+        assert "credentials revoked" in said
+        assert site_row(data_dir, "extra") == ""
+        # the NATS server itself now refuses the removed site's credential
+        creds = Bundle.read(bundle)
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(JetStreamStore.connect(creds.nats_url_with_credentials(),
+                                               create_streams=False, connect_timeout=5))
+    finally:
+        agent.terminate()
+        agent.wait(60)

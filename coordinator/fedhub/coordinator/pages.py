@@ -15,7 +15,7 @@ from fedhub.coordinator.api import hub_of
 from fedhub.coordinator.auth import COOKIE, Identity, xsrf_secret
 from fedhub.coordinator.db import Token
 from fedhub.coordinator.errors import Forbidden, NotFound
-from fedhub.coordinator.sites import list_sites
+from fedhub.coordinator.sites import SiteView, free_cpus, list_sites
 from fedhub.schemas.events import ServerStatus
 from fedhub.schemas.names import server_prefix
 
@@ -28,6 +28,17 @@ def safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/hub/home"
     return target
+
+
+def describe_free(site: SiteView) -> str:
+    """Free capacity as a person reads it: cores and memory where the site reports them."""
+    if site.status != "online" or not site.capacity:
+        return ""
+    parts = [f"{free_cpus(site):g} cores"]
+    mem = site.capacity.get("mem_available_mb", site.capacity.get("free_memory_mb"))
+    if isinstance(mem, int | float):
+        parts.append(f"{mem / 1024:.1f} GiB")
+    return ", ".join(parts)
 
 
 def render(request: Request, name: str, ident: Identity | None, status: int = 200,
@@ -90,7 +101,9 @@ async def home(request: Request) -> Response:
     if ident is None:
         return _login_redirect(request)
     rows = [servers.server_model(hub, r) for r in users.servers_of(hub, ident.name)]
-    return render(request, "home.html", ident, servers=rows, sites=await list_sites(hub))
+    sites = await list_sites(hub)
+    free = {s.name: describe_free(s) for s in sites}
+    return render(request, "home.html", ident, servers=rows, sites=sites, free=free)
 
 
 @router.get("/spawn-pending/{user}")
