@@ -9,6 +9,7 @@ a restarted agent can re-adopt servers from their events alone.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -132,3 +133,21 @@ class Backend(Protocol):
         """Free capacity right now (for the heartbeat), e.g. ``{"cpus": 8}``. Does not
         raise; idempotent."""
         ...
+
+
+async def through_to_running(backend: Backend, spec: ServerSpec,
+                             submitted: Checkpoint) -> AsyncGenerator[Checkpoint, None]:
+    """The tail every ``start`` shares: yield ``submitted``, then the checkpoints of
+    ``backend.resume`` up to RUNNING. If RUNNING is never reached (a failure, a timeout,
+    the agent cancelling a start that is still queued), the job is stopped, so nothing is
+    left behind. Use it with ``aclosing`` so closing ``start`` closes this too."""
+    running = False
+    try:
+        yield submitted
+        async with aclosing(backend.resume(spec, submitted.state)) as steps:
+            async for cp in steps:
+                running = running or cp.phase is Phase.RUNNING
+                yield cp
+    finally:
+        if not running:
+            await backend.stop(submitted.state)

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,7 +34,14 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 
 from fedhub.schemas.resources import OptionSpec
-from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
+from fedhub.site_agent.backends.base import (
+    Checkpoint,
+    JobReport,
+    JobStatus,
+    Phase,
+    ServerSpec,
+    through_to_running,
+)
 from fedhub.site_agent.backends.local import log_tail
 from fedhub.site_agent.errors import BackendError
 
@@ -247,16 +255,11 @@ class BatchBackend:
         state: dict[str, Any] = {**sub.state, "job_id": job_id, "prefix": spec.prefix}
         if "log" in state:
             state["log"] = str(state["log"]).replace("{job_id}", job_id)
-        ready = False
-        try:
-            yield Checkpoint(Phase.SUBMITTED, state, job_id=job_id,
+        submitted = Checkpoint(Phase.SUBMITTED, state, job_id=job_id,
                              message=f"Submitted {label} job {job_id}")
-            async for cp in self.resume(spec, state):
-                ready = True
+        async with aclosing(through_to_running(self, spec, submitted)) as steps:
+            async for cp in steps:
                 yield cp
-        finally:
-            if not ready:  # failed, timed out or abandoned: leave no job behind
-                await self.stop(state)
 
     async def resume(self, spec: ServerSpec, state: Mapping[str, Any]
                      ) -> AsyncGenerator[Checkpoint, None]:

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,14 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from fedhub.schemas.resources import OptionSpec
-from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
+from fedhub.site_agent.backends.base import (
+    Checkpoint,
+    JobReport,
+    JobStatus,
+    Phase,
+    ServerSpec,
+    through_to_running,
+)
 from fedhub.site_agent.backends.docker_spec import (
     KEYS_FILE,
     LABEL_SITE,
@@ -173,16 +180,11 @@ class DockerBackend:
         except BaseException:
             await self._discard(state)  # also when cancelled before the first checkpoint
             raise
-        ready = False
-        try:
-            yield Checkpoint(Phase.SUBMITTED, state, job_id=state["container"][:12],
+        submitted = Checkpoint(Phase.SUBMITTED, state, job_id=state["container"][:12],
                              message=f"Started container {name} ({res.profile})")
-            async for cp in self.resume(spec, state):
-                ready = True
+        async with aclosing(through_to_running(self, spec, submitted)) as steps:
+            async for cp in steps:
                 yield cp
-        finally:
-            if not ready:
-                await self.stop(state)
 
     async def resume(
         self, spec: ServerSpec, state: Mapping[str, Any]

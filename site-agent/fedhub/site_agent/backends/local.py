@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,14 @@ import aiohttp
 
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionSpec
-from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
+from fedhub.site_agent.backends.base import (
+    Checkpoint,
+    JobReport,
+    JobStatus,
+    Phase,
+    ServerSpec,
+    through_to_running,
+)
 from fedhub.site_agent.backends.process import (
     alive,
     proc_state,
@@ -133,17 +141,11 @@ class LocalProcessBackend:
             "log": str(log_path),
             "prefix": spec.prefix,
         }
-        ready = False
-        try:
-            yield Checkpoint(Phase.SUBMITTED, state, job_id=str(pid),
+        submitted = Checkpoint(Phase.SUBMITTED, state, job_id=str(pid),
                              message=f"Starting Jupyter server (pid {pid})")
-            async for cp in self.resume(spec, state):
-                ready = True
+        async with aclosing(through_to_running(self, spec, submitted)) as steps:
+            async for cp in steps:
                 yield cp
-        finally:
-            if not ready:
-                # Failed, timed out or cancelled: leave nothing running behind.
-                await self.stop(state)
 
     async def resume(
         self, spec: ServerSpec, state: Mapping[str, Any]

@@ -28,6 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,14 @@ import asyncssh
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionSpec
 from fedhub.site_agent.backends import ssh_remote as remote
-from fedhub.site_agent.backends.base import Checkpoint, JobReport, JobStatus, Phase, ServerSpec
+from fedhub.site_agent.backends.base import (
+    Checkpoint,
+    JobReport,
+    JobStatus,
+    Phase,
+    ServerSpec,
+    through_to_running,
+)
 from fedhub.site_agent.backends.local import IDENTITY_PROVIDER
 from fedhub.site_agent.backends.ssh_config import SSHConfig, SSHHost, load_config
 from fedhub.site_agent.errors import BackendError
@@ -242,18 +250,12 @@ class SSHBackend:
             "started_at": launched.get("started_at"),
             "prefix": spec.prefix,
         }
-        ready = False
-        try:
-            yield Checkpoint(Phase.SUBMITTED, state, job_id=f"{host.address}:{state['pid']}",
+        submitted = Checkpoint(Phase.SUBMITTED, state, job_id=f"{host.address}:{state['pid']}",
                              message=f"Starting Jupyter server on {host.address} "
                                      f"(pid {state['pid']})")
-            async for cp in self.resume(spec, state):
-                ready = True
+        async with aclosing(through_to_running(self, spec, submitted)) as steps:
+            async for cp in steps:
                 yield cp
-        finally:
-            if not ready:
-                # Failed, timed out or cancelled: leave nothing running behind.
-                await self.stop(state)
 
     async def resume(
         self, spec: ServerSpec, state: Mapping[str, Any]
