@@ -47,17 +47,21 @@ for name in ("jupyterlab", "jupyter_server", "cryptography"):
     print(f"{name}=={version(name)}")
 PY
 )
-ctx="$cache/context"
-rm -rf "$ctx" && mkdir -p "$ctx/wheels"
+# A build context of its own per run: two builds at once (two test runs) must not share one.
+ctx=$(mktemp -d "$cache/context.XXXXXX")
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/wheels"
 printf '%s\n' "$reqs" > "$ctx/requirements.txt"
 cp "$here/Dockerfile" "$ctx/Dockerfile"
 wheels="$cache/wheels-$(printf '%s\n' "$reqs" "$image_python" | hash_of)"
 if [ ! -f "$wheels/.complete" ]; then
-  rm -rf "$wheels" && mkdir -p "$wheels"
+  partial=$(mktemp -d "$wheels.partial.XXXXXX")
   log "pip download into $wheels"
   "$python" -m pip download -q --only-binary=:all: --python-version "$image_python" \
-    -d "$wheels" -r "$ctx/requirements.txt" >&2
-  touch "$wheels/.complete"
+    -d "$partial" -r "$ctx/requirements.txt" >&2
+  touch "$partial/.complete"
+  # publish atomically; a concurrent run that finished first wins and ours is dropped
+  mv -T "$partial" "$wheels" 2>/dev/null || rm -rf "$partial"
 fi
 cp "$wheels"/*.whl "$ctx/wheels/"
 log "building the fedhub wheel"

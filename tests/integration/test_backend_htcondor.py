@@ -57,10 +57,12 @@ def _schedd_config() -> dict[str, Any]:
     return raw
 
 
+@pytest.fixture(scope="module")
+def schedd_config() -> dict[str, Any]:
+    return _schedd_config()
+
+
 class TestHTCondorBackendContract(BackendContract):
-    @pytest.fixture(scope="class")
-    def schedd_config(self) -> dict[str, Any]:
-        return _schedd_config()
 
     @pytest.fixture
     def site(self) -> str:
