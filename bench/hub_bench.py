@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from common import Procs, log, pct
 from hubs import Hub, kill_spawned, start_fedhub, start_jupyterhub
 
@@ -161,7 +160,7 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
                 for p in reversed(hub.procs):
                     procs.stop(p, timeout=60)  # type: ignore[arg-type]
                 procs.stop_all()  # its nats-server too
-    log("users API with %d users" % cfg["users"])
+    log(f"users API with {cfg['users']} users")
     hubs = [start_fedhub(procs, root / "fedhub-users"),
             start_jupyterhub(procs, root / "jupyterhub-users")]
     names = [f"v{i:05d}" for i in range(cfg["users"])]

@@ -93,7 +93,8 @@ def start_fedhub(procs: Procs, root: Path) -> Hub:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if a.poll() is not None:
-            raise RuntimeError("site agent exited: " + (root / "site-agent.log").read_text()[-2000:])
+            tail = (root / "site-agent.log").read_text()[-2000:]
+            raise RuntimeError("site agent exited: " + tail)
         sites = _get_json(f"{api}/sites", token)
         if any(s["name"] == "local" and s["status"] == "online" for s in sites):  # type: ignore
             break

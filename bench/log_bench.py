@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from common import Procs, log, pct
+from services import start_nats
+
 from fedhub.events.envelope import Envelope, new_event
 from fedhub.events.errors import StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
@@ -21,7 +23,6 @@ from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
 from fedhub.schemas.events import KeyPublished, RouteAdded, UserLoggedIn
 from fedhub.schemas.names import server_prefix
-from services import start_nats
 
 Results = dict[str, list[Any]]
 DISTINCT = 20_000  # distinct signed events; the log repeats them up to its size
@@ -54,10 +55,10 @@ async def grow(store: JetStreamStore, events: list[bytes], subjects_: list[str],
         i += 1
         if i % 5000 == 0:
             await nc.flush()
-            while await store.last_seq() < i - 20_000:
+            while await store.last_seq() < i - 20_000:  # noqa: ASYNC110 - polls the server
                 await asyncio.sleep(0.01)
     await nc.flush()
-    while await store.last_seq() < target:
+    while await store.last_seq() < target:  # noqa: ASYNC110 - polls the server
         await asyncio.sleep(0.05)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from common import BENCH, Procs, cpu_seconds, log, pct, rss_mib, tree_cpu
 from fedlog import USER, FedLog
 from services import (
@@ -108,7 +107,7 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
     chp = start_chp(procs, root, be)
     await chp_add_routes(chp, [(f"/user/{USER}", be), (f"/user/{USER}/ws", echo)])
 
-    log("writing the logs (1 route and %d routes)" % cfg["routes_mid"])
+    log(f"writing the logs (1 route and {cfg['routes_mid']} routes)")
     nats1 = start_nats(procs, root, "nats-1route")
     nats2 = start_nats(procs, root, "nats-manyroutes")
     log1 = await FedLog.create(nats1)
@@ -137,7 +136,7 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
             raise RuntimeError(f"{name} is not serving: {res}")
 
     order = ["fedhub", "chp", "fedhub10k", "nginx", "direct"]
-    log("HTTP throughput/latency: %d reps x %s s" % (reps, secs))
+    log(f"HTTP throughput/latency: {reps} reps x {secs} s")
     for rep in range(reps):
         rotated = order[rep % 2:] + order[:rep % 2] if rep % 2 else order
         for conns in (64, 1):
@@ -176,7 +175,7 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
             R.setdefault(f"ws_p50_us.{name}", []).append(pct(rtts, 50))
             R.setdefault(f"ws_p99_us.{name}", []).append(pct(rtts, 99))
 
-    log("route event -> served, %d routes present; CHP REST add-route" % cfg["routes_mid"])
+    log(f"route event -> served, {cfg['routes_mid']} routes present; CHP REST add-route")
     await chp_add_routes(chp, [(f"/user/u{i:06d}", be) for i in range(cfg["routes_mid"] - 2)])
     for rep in range(reps):
         lat = await route_to_served(log2, fed10k.port, be, cfg["route_samples"], token2,
@@ -188,13 +187,13 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
         R.setdefault("chp_add_p50_ms", []).append(pct([c * 1000 for c in calls], 50))
         R.setdefault("chp_add_p99_ms", []).append(pct([c * 1000 for c in calls], 99))
 
-    log("fresh rebuild with %d routes" % cfg["routes_mid"])
+    log(f"fresh rebuild with {cfg['routes_mid']} routes")
     for _ in range(reps):
         probe = rebuild_probe(nats2)
         R.setdefault("rebuild_mid_s", []).append(probe["rebuild_s"])
         R.setdefault("rebuild_mid_routes", []).append(probe["routes"])
 
-    log("growing the log to %d routes" % cfg["routes_big"])
+    log(f"growing the log to {cfg['routes_big']} routes")
     fresh_rss = [rss_mib(fed.pid)]
     R["rss_1route_mib.fedhub"] = fresh_rss
     R["rss_1route_mib.chp"] = [rss_mib(chp.pid)]  # after 10k routes: noted in the report

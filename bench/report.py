@@ -124,7 +124,7 @@ def build(data: dict[str, Any]) -> Table:
             if f is None:
                 continue
             label = f"throughput, {conns} conn, {size.replace('k', ' KiB')} (req/s)"
-            rel = lambda v: f"{fmt(v)} ({ratio(v, d)})"  # noqa: E731
+            rel = lambda v, d=d: f"{fmt(v)} ({ratio(v, d)})"  # noqa: E731
             t.row(label + " vs CHP", rel(f), f"CHP {rel(c)}", ratio(f, c), ">= 2x CHP",
                   f is not None and c is not None and f >= 2 * c, WHY["rps"])
             t.row(label + " vs nginx", rel(f), f"nginx {rel(n)}", ratio(f, n),
@@ -166,7 +166,8 @@ def build(data: dict[str, Any]) -> Table:
               "route lookup costs the same at any table size (one dict lookup per path "
               "depth); per-repetition ratios were " + ", ".join(
                   f"{a / b:.2f}" for a, b in zip(R.get(f"rps.fedhub10k.c64.{size}", []),
-                                                  R.get(f"rps.fedhub.c64.{size}", [])) if b)
+                                                  R.get(f"rps.fedhub.c64.{size}", []),
+                                                  strict=False) if b)
               + ", i.e. within this machine's noise")
     dp50, dp99 = m("ws_p50_us.direct"), m("ws_p99_us.direct")
     for q, dq in (("p50", dp50), ("p99", dp99)):
@@ -178,7 +179,8 @@ def build(data: dict[str, Any]) -> Table:
               f"CHP {fmt(ca, ' µs')} (direct {fmt(dq, ' µs')})", ratio(fa, ca), "<= CHP",
               ca is not None and fa <= ca, WHY["ws"])
     t.row("throughput through a site agent's tunnel", "n/a", "own direct path", "—",
-          ">= 0.5x direct", None, note="n/a (tunnels landed while this suite was written; not measured yet)")
+          ">= 0.5x direct", None,
+          note="n/a (tunnels landed while this suite was written; not measured yet)")
     big = int(m("meta.routes_big") or 100_000)
     f, c = m("rss_big_mib.fedhub"), m("rss_big_mib.chp")
     if f is not None:
@@ -310,10 +312,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"{mach['os']} (kernel {mach['kernel']}), Python {mach['python']}; shared and noisy",
         f"- anchors: {data.get('versions', {}).get('anchors', 'see bench/package.json')}",
         f"- method: runs alternate fedhub and anchors, {cfg['reps']} repetitions "
-        f"({cfg.get('burst_reps')} for spawn bursts), medians; wrk (1 thread) {cfg['wrk_seconds']} s "
+        f"({cfg.get('burst_reps')} for spawn bursts), medians; "
+        f"wrk (1 thread) {cfg['wrk_seconds']} s "
         "per run; load generator, proxies and backends all on this machine; nginx and the "
         "proxies use one worker process each",
-        *([f"- stages re-run later and merged: "
+        *(["- stages re-run later and merged: "
            + "; ".join(f"{', '.join(r['stages'])} at {r['date']}" for r in data["reruns"])
            + " (the first run's audit log had 90% of its events signed by a key never "
            "published, so they were not verified; fixed and re-run)"]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-
 from common import BENCH, Procs, free_port, wait_http, wait_port
 
 CHP_BIN = BENCH / "node_modules" / "configurable-http-proxy" / "bin" / "configurable-http-proxy"
