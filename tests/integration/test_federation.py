@@ -126,9 +126,10 @@ def test_auto_placement_drain_and_a_second_proxy(fed: Federation) -> None:
         r = api.post("/users/bob/servers/three", json={"site": "site-b"})
         assert r.status_code == 400 and "drained" in r.json()["message"]
         api.patch("/sites/site-b", json={"weight": 2})
-    audit = _audit(fed, "--user", "bob")
-    accepted = [r for r in audit if r["event"] == "ServerAccepted"]
-    assert "auto:" in accepted[0]["details"]["reason"] or accepted
+    reasons = {r["server"]: r["details"]["reason"] for r in _audit(fed, "--user", "bob")
+               if r["event"] == "ServerAccepted"}
+    assert reasons["one"].startswith("auto:") and "beat site-a" in reasons["one"]
+    assert reasons["two"].startswith("auto:") and "site-b (drained)" in reasons["two"]
     # every agent tunnels to both proxies: with the first proxy gone, the second serves
     second_proxy = fed.proxy_url("edge-proxy-2")
     with fed.hub.admin() as api:
