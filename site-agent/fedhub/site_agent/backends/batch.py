@@ -43,6 +43,7 @@ from fedhub.site_agent.backends.base import (
     through_to_running,
 )
 from fedhub.site_agent.backends.local import log_tail
+from fedhub.site_agent.backends.readiness import answers
 from fedhub.site_agent.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ class BatchBackend:
                     await asyncio.sleep(self.poll_interval)
                     continue
                 reg = read_registration(reg_path)
-                if reg is not None and await _answers(
+                if reg is not None and await answers(
                         http, f"http://{reg[0]}:{reg[1]}{spec.prefix}api"):
                     break
                 if now - running_since > self.ready_timeout:
@@ -376,11 +377,3 @@ class BatchBackend:
             await self.runner(argv, None, self.command_timeout)
         except CommandError as exc:
             log.warning("cannot cancel job %r after a failed submit: %s", name, exc)
-
-
-async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with http.get(url) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False

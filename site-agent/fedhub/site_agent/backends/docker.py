@@ -49,6 +49,7 @@ from fedhub.site_agent.backends.docker_spec import (
     report_for,
     resources,
 )
+from fedhub.site_agent.backends.readiness import wait_until_ready
 from fedhub.site_agent.errors import BackendError
 from fedhub.site_agent.keys import write_atomic
 
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from fedhub.site_agent.settings import SiteAgentSettings
 
 log = logging.getLogger(__name__)
-_READY_POLL = 0.25
 _API_TIMEOUT = 30.0
 # What a failing daemon connection raises (socket gone, daemon down, timeouts).
 _UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError)
@@ -196,30 +196,21 @@ class DockerBackend:
             raise BackendError("no container in the job state")
         target = f"http://{state['host']}:{state['port']}"
         url = f"{target}{spec.prefix}api"
-        deadline = time.monotonic() + self.ready_timeout
-        async with self._docker() as docker, aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=5)) as http:
-            while True:
+        async with self._docker() as docker:
+
+            async def still_running() -> None:
                 try:
                     info = await docker.containers.container(ident).show()
                 except DockerError as exc:
                     if exc.status == 404:
                         raise BackendError("the container disappeared during start") from exc
-                    info = None  # daemon trouble: keep trying until the deadline
+                    return  # daemon trouble: keep trying until the deadline
                 except _UNREACHABLE:
-                    info = None
-                if info is not None and not (info.get("State") or {}).get("Running"):
+                    return
+                if not (info.get("State") or {}).get("Running"):
                     raise await self._exited(docker, ident, info)
-                try:
-                    async with http.get(url) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise BackendError(
-                        f"Jupyter did not answer at {url} within {self.ready_timeout:.0f} s")
-                await asyncio.sleep(_READY_POLL)
+
+            await wait_until_ready(url, self.ready_timeout, still_running)
         yield Checkpoint(Phase.RUNNING, dict(state), job_id=ident[:12], target=target,
                          message=f"Jupyter server is running at {target}")
 

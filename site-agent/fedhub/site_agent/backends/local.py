@@ -14,8 +14,6 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionSpec
 from fedhub.site_agent.backends.base import (
@@ -33,6 +31,7 @@ from fedhub.site_agent.backends.process import (
     signal_group,
     spawn_detached,
 )
+from fedhub.site_agent.backends.readiness import wait_until_ready
 from fedhub.site_agent.errors import BackendError
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 
 IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
 STOP_GRACE = 10.0
-_READY_POLL = 0.25
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -155,27 +153,16 @@ class LocalProcessBackend:
         target = f"http://{state['host']}:{state['port']}"
         url = f"{target}{spec.prefix}api"
         log_path = Path(str(state.get("log", "")))
-        deadline = time.monotonic() + self.ready_timeout
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                exit_reason = reap(pid)
-                if exit_reason or not alive(pid, starttime):
-                    tail = log_tail(log_path)
-                    how = f" ({exit_reason})" if exit_reason else ""
-                    raise BackendError(f"Jupyter exited during start{how}"
-                                       + (f"; last log lines:\n{tail}" if tail else ""))
-                try:
-                    async with http.get(url) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise BackendError(
-                        f"Jupyter did not answer at {url} within {self.ready_timeout:.0f} s"
-                    )
-                await asyncio.sleep(_READY_POLL)
+
+        async def still_running() -> None:
+            exit_reason = reap(pid)
+            if exit_reason or not alive(pid, starttime):
+                tail = log_tail(log_path)
+                how = f" ({exit_reason})" if exit_reason else ""
+                raise BackendError(f"Jupyter exited during start{how}"
+                                   + (f"; last log lines:\n{tail}" if tail else ""))
+
+        await wait_until_ready(url, self.ready_timeout, still_running)
         yield Checkpoint(Phase.RUNNING, dict(state), job_id=str(pid), target=target,
                          message=f"Jupyter server is running at {target}")
 

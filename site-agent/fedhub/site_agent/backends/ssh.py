@@ -32,7 +32,6 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import asyncssh
 
 from fedhub.schemas.names import subject_token
@@ -47,6 +46,7 @@ from fedhub.site_agent.backends.base import (
     through_to_running,
 )
 from fedhub.site_agent.backends.local import IDENTITY_PROVIDER
+from fedhub.site_agent.backends.readiness import wait_until_ready
 from fedhub.site_agent.backends.ssh_config import SSHConfig, SSHHost, load_config
 from fedhub.site_agent.errors import BackendError
 
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_READY_POLL = 0.25
 _ALIVE_CHECK_EVERY = 2.0  # seconds between remote process checks while waiting for ready
 _SSH_ERRORS = (asyncssh.Error, OSError, TimeoutError)
 
@@ -265,28 +264,20 @@ class SSHBackend:
         host = self._host_of(state)
         target = http_target(str(state["host"]), int(state["port"]))
         url = f"{target}{spec.prefix}api"
-        deadline = time.monotonic() + self.ready_timeout
         next_check = 0.0
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                if time.monotonic() >= next_check:
-                    report = (await self.status({"s": state}))["s"]
-                    if report.status is JobStatus.GONE:
-                        tail = await self._log_tail(host, str(state.get("log", "")))
-                        raise BackendError(f"Jupyter exited during start on {host.address}"
-                                           + (f"; last log lines:\n{tail}" if tail else ""))
-                    next_check = time.monotonic() + _ALIVE_CHECK_EVERY
-                try:
-                    async with http.get(url) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise BackendError(
-                        f"Jupyter did not answer at {url} within {self.ready_timeout:.0f} s")
-                await asyncio.sleep(_READY_POLL)
+
+        async def still_running() -> None:
+            nonlocal next_check
+            if time.monotonic() < next_check:
+                return  # a remote check costs a round trip: not every poll
+            report = (await self.status({"s": state}))["s"]
+            if report.status is JobStatus.GONE:
+                tail = await self._log_tail(host, str(state.get("log", "")))
+                raise BackendError(f"Jupyter exited during start on {host.address}"
+                                   + (f"; last log lines:\n{tail}" if tail else ""))
+            next_check = time.monotonic() + _ALIVE_CHECK_EVERY
+
+        await wait_until_ready(url, self.ready_timeout, still_running)
         yield Checkpoint(Phase.RUNNING, dict(state), job_id=f"{host.address}:{state['pid']}",
                          target=target, message=f"Jupyter server is running at {target}")
 

@@ -1,0 +1,38 @@
+"""Waiting for a single-user server to answer, the last step of every backend's start."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from fedhub.site_agent.errors import BackendError
+
+READY_POLL = 0.25  # seconds between readiness checks
+
+
+async def answers(http: aiohttp.ClientSession, url: str) -> bool:
+    """True if ``url`` answers 200 now (Jupyter's unauthenticated ``<prefix>api``)."""
+    try:
+        async with http.get(url) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def wait_until_ready(url: str, timeout: float,
+                           still_running: Callable[[], Awaitable[None]]) -> None:
+    """Poll ``url`` until it answers 200. Before every try ``still_running()`` raises
+    BackendError if the job has ended (with the reason, e.g. the log's last lines).
+    Raises BackendError when ``timeout`` seconds pass without an answer."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            await still_running()
+            if await answers(http, url):
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"Jupyter did not answer at {url} within {timeout:.0f} s")
+            await asyncio.sleep(READY_POLL)
