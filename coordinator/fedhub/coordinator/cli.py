@@ -20,7 +20,7 @@ import httpx
 
 from fedhub.coordinator import sitecli
 from fedhub.coordinator.embedded import CLI_TOKEN_FILE, RUNTIME_FILE, up
-from fedhub.coordinator.settings import default_data_dir
+from fedhub.schemas.config import default_data_dir
 
 COMPONENTS = {"coordinator": "fedhub.coordinator", "site-agent": "fedhub.site_agent",
               "edge-proxy": "fedhub.edge_proxy"}

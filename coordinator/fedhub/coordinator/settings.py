@@ -8,11 +8,8 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedhub.schemas.config import default_data_dir
 from fedhub.schemas.names import InvalidName, normalize_user_name
-
-
-def default_data_dir() -> Path:
-    return Path.home() / ".local" / "share" / "fedhub"
 
 
 class CoordinatorSettings(BaseSettings):

@@ -9,11 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedhub.schemas.config import default_data_dir
 from fedhub.schemas.names import subject_token
-
-
-def _default_data_dir() -> Path:
-    return Path.home() / ".local" / "share" / "fedhub"
 
 
 class EdgeProxySettings(BaseSettings):
@@ -26,7 +23,7 @@ class EdgeProxySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     hub_url: str = "http://127.0.0.1:8081"
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
     name: str = "edge"
     admin_access: bool = False
     upstream_timeout: float = Field(default=30.0, gt=0)

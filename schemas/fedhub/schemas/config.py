@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings
 S = TypeVar("S", bound=BaseSettings)
 
 
+def default_data_dir() -> Path:
+    """Where every component keeps its keys and state unless told otherwise."""
+    return Path.home() / ".local" / "share" / "fedhub"
+
+
 class ConfigError(ValueError):
     """Settings that cannot be used; the message names the file, key and problem."""
 

@@ -10,11 +10,8 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedhub.schemas.config import default_data_dir
 from fedhub.schemas.names import InvalidName, normalize_user_name
-
-
-def _default_data_dir() -> Path:
-    return Path.home() / ".local" / "share" / "fedhub"
 
 
 def _default_jupyter_command() -> list[str]:
@@ -29,7 +26,7 @@ class SiteAgentSettings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     site: str = "local"
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
     agent_id: str = ""
     heartbeat_interval: float = Field(default=5.0, gt=0)
     poll_interval: float = Field(default=2.0, gt=0)
