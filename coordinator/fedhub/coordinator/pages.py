@@ -100,7 +100,8 @@ async def home(request: Request) -> Response:
     ident = auth.identify(hub, request)
     if ident is None:
         return _login_redirect(request)
-    rows = [servers.server_model(hub, r) for r in users.servers_of(hub, ident.name)]
+    down = servers.unreachable_sites(hub)  # once, not per row
+    rows = [servers.server_model(hub, r, down) for r in users.servers_of(hub, ident.name)]
     sites = await list_sites(hub)
     free = {s.name: describe_free(s) for s in sites}
     return render(request, "home.html", ident, servers=rows, sites=sites, free=free)
