@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _SAFE_CHOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
@@ -122,6 +122,11 @@ def parse_duration(raw: Any) -> int:
             if minutes < 60 and int(m.group(4) or 0) < 60:
                 return days * 1440 + hours * 60 + minutes
     raise ValueError("must be a duration such as 2:00:00, 90m, 4h or a number of minutes")
+
+
+# Config fields that take the same spellings users may type ("4G", "2:00:00").
+MemoryMiB = Annotated[int, BeforeValidator(lambda v: parse_memory(v))]
+Minutes = Annotated[int, BeforeValidator(lambda v: parse_duration(v))]
 
 
 def validate_options(specs: Sequence[OptionSpec], raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,12 @@ from pydantic import (
 )
 
 from fedhub.schemas.names import subject_token
-from fedhub.schemas.resources import OptionKind, OptionSpec, parse_duration, parse_memory
+from fedhub.schemas.resources import (
+    MemoryMiB,
+    Minutes,
+    OptionKind,
+    OptionSpec,
+)
 from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec
 from fedhub.site_agent.backends.batch import (
     BatchBackend,
@@ -133,10 +138,10 @@ class HTCondorConfig(BaseModel):
     users_dir: str = ""  # notebook roots on the execute nodes; "" = <data_dir>/users
     default_cores: int = Field(default=1, ge=1)
     max_cores: int = Field(default=8, ge=1)
-    default_memory: int = 2048  # MiB; "4G" is accepted
-    max_memory: int = 32 * 1024
-    default_walltime: int = 8 * 60  # minutes; "2:00:00", "8h", "1-00:00" are accepted
-    max_walltime: int = 7 * 1440
+    default_memory: MemoryMiB = 2048  # MiB; "4G" is accepted
+    max_memory: MemoryMiB = 32 * 1024
+    default_walltime: Minutes = 8 * 60  # minutes; "2:00:00", "8h", "1-00:00" are accepted
+    max_walltime: Minutes = 7 * 1440
     held: Literal["end", "wait"] = "end"
     hold_grace: int = Field(default=300, ge=0)  # seconds a held job stays visible
     query_timeout: float = Field(default=30.0, gt=0)
@@ -158,16 +163,6 @@ class HTCondorConfig(BaseModel):
         if value and not pattern.fullmatch(value):
             raise ValueError(f"must look like {example}")
         return value
-
-    @field_validator("default_memory", "max_memory", mode="before")
-    @classmethod
-    def _memory(cls, value: Any) -> int:
-        return parse_memory(value)
-
-    @field_validator("default_walltime", "max_walltime", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> int:
-        return parse_duration(value)
 
     @field_validator("submit_extra")
     @classmethod

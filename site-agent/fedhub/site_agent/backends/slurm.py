@@ -39,7 +39,12 @@ from pydantic import (
 )
 
 from fedhub.schemas.names import subject_token
-from fedhub.schemas.resources import OptionKind, OptionSpec, parse_duration, parse_memory
+from fedhub.schemas.resources import (
+    MemoryMiB,
+    Minutes,
+    OptionKind,
+    OptionSpec,
+)
 from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec
 from fedhub.site_agent.backends.batch import (
     BatchBackend,
@@ -92,10 +97,10 @@ class SlurmConfig(BaseModel):
     default_partition: str = ""
     default_cores: int = Field(default=1, ge=1)
     max_cores: int = Field(default=8, ge=1)
-    default_memory: int = 2048  # MiB; "4G" etc. accepted
-    max_memory: int = 32768
-    default_walltime: int = 480  # minutes; "8h", "1-00:00" etc. accepted
-    max_walltime: int = 1440
+    default_memory: MemoryMiB = 2048  # MiB; "4G" etc. accepted
+    max_memory: MemoryMiB = 32768
+    default_walltime: Minutes = 480  # minutes; "8h", "1-00:00" etc. accepted
+    max_walltime: Minutes = 1440
     max_gpus: int = Field(default=0, ge=0)  # > 0 offers a "gpus" option (--gpus)
     account: str = ""
     qos: str = ""
@@ -121,16 +126,6 @@ class SlurmConfig(BaseModel):
     stop_timeout: float = Field(default=60.0, gt=0)
     queue_timeout: float = Field(default=0.0, ge=0)  # 0: wait in the queue indefinitely
     capacity_max_age: float = Field(default=5.0, gt=0)
-
-    @field_validator("default_memory", "max_memory", mode="before")
-    @classmethod
-    def _memory(cls, value: Any) -> int:
-        return parse_memory(value)
-
-    @field_validator("default_walltime", "max_walltime", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> int:
-        return parse_duration(value)
 
     @field_validator("partitions", "modules")
     @classmethod
