@@ -45,6 +45,16 @@ async def body(request: Request) -> dict[str, Any]:
     return data
 
 
+def acting_for(request: Request, name: str) -> tuple[Hub, Identity, User]:
+    """The hub, the caller, and user ``name``, whom the caller may act for (the user
+    themself or an admin). Raises Unauthorized, Forbidden or NotFound."""
+    hub = hub_of(request)
+    ident = auth.require(hub, request)
+    user = users.get_user(hub, name)
+    auth.may_act_for(ident, user.name)
+    return hub, ident, user
+
+
 def user_model(hub: Hub, user: User) -> dict[str, Any]:
     rows = users.servers_of(hub, user.name)
     down = servers.unreachable_sites(hub)
@@ -133,10 +143,7 @@ async def create_many(request: Request) -> Response:
 
 @router.get("/users/{name}")
 async def get_one(name: str, request: Request) -> dict[str, Any]:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, _, user = acting_for(request, name)
     return user_model(hub, user)
 
 
@@ -186,10 +193,7 @@ async def start_server(name: str, request: Request, server: str = "",
                        wait: float | None = None) -> Response:
     """Start a server: 201 when ready within the wait (``slow_spawn_timeout`` unless
     ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202."""
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, ident, user = acting_for(request, name)
     data = await body(request)
     # JupyterHub 6 sends {"user_options": {...}}; older clients send the options as the body.
     options = data.get("user_options") if "user_options" in data else dict(data)
@@ -216,10 +220,7 @@ async def start_server(name: str, request: Request, server: str = "",
 @router.delete("/users/{name}/server")
 @router.delete("/users/{name}/servers/{server}")
 async def stop_server(name: str, request: Request, server: str = "") -> Response:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, ident, user = acting_for(request, name)
     seq = await hub.store.last_seq()
     if not await servers.stop(hub, user.name, server, _actor(ident)):
         return Response(status_code=204)
@@ -230,10 +231,7 @@ async def stop_server(name: str, request: Request, server: str = "") -> Response
 
 @router.get("/users/{name}/servers/{server}")
 async def get_server(name: str, server: str, request: Request) -> dict[str, Any]:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, _, user = acting_for(request, name)
     return servers.server_model(hub, servers.get_server(hub, user.name,
                                                         servers.valid_server(server)))
 
@@ -241,10 +239,7 @@ async def get_server(name: str, server: str, request: Request) -> dict[str, Any]
 @router.get("/users/{name}/server/progress")
 @router.get("/users/{name}/servers/{server}/progress")
 async def progress(name: str, request: Request, server: str = "") -> Response:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, _, user = acting_for(request, name)
     server = servers.valid_server(server)
     try:
         row = servers.get_server(hub, user.name, server)
@@ -294,10 +289,7 @@ async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[st
 
 @router.get("/users/{name}/tokens")
 async def list_tokens(name: str, request: Request) -> dict[str, Any]:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, _, user = acting_for(request, name)
     with hub.sessions() as db:
         rows = db.query(Token).filter(Token.user == user.name, Token.revoked.is_(False)).all()
         return {"api_tokens": [token_model(t) for t in rows], "oauth_tokens": []}
@@ -305,10 +297,7 @@ async def list_tokens(name: str, request: Request) -> dict[str, Any]:
 
 @router.post("/users/{name}/tokens", status_code=201)
 async def create_token(name: str, request: Request) -> Response:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, ident, user = acting_for(request, name)
     data = await body(request)
     expires = data.get("expires_in")
     if expires is not None and (not isinstance(expires, int | float) or expires <= 0):
@@ -320,10 +309,7 @@ async def create_token(name: str, request: Request) -> Response:
 
 @router.delete("/users/{name}/tokens/{token_id}", status_code=204)
 async def revoke_token(name: str, token_id: str, request: Request) -> Response:
-    hub = hub_of(request)
-    ident = auth.require(hub, request)
-    user = users.get_user(hub, name)
-    auth.may_act_for(ident, user.name)
+    hub, ident, user = acting_for(request, name)
     with hub.sessions() as db:
         t = db.get(Token, token_id)
         if t is None or t.user != user.name or t.revoked:
