@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,8 @@ from fedhub.schemas.names import server_prefix
 
 log = logging.getLogger(__name__)
 NAME = "reactor"
+SAVE_EVERY = 100  # events between position saves
+SAVE_AFTER = 1.0  # seconds: a slow trickle of events still saves often
 
 
 def _position(sessions: sessionmaker[Session]) -> int:
@@ -35,8 +38,9 @@ def _position(sessions: sessionmaker[Session]) -> int:
 async def run(hub: Hub) -> None:
     """Follow the whole log in order, resuming from the stored position: enroll keys,
     check and record what sites report, react to server events."""
-    start = _position(hub.sessions) + 1
-    async for item in hub.store.follow("fedhub.>", start=start):
+    saved = _position(hub.sessions)
+    saved_at = time.monotonic()
+    async for item in hub.store.follow("fedhub.>", start=saved + 1):
         try:
             subject = item.event.subject
             if subject.startswith("fedhub.key."):
@@ -47,10 +51,13 @@ async def run(hub: Hub) -> None:
                 await react(hub, item)
         except (EventLogError, CoordinatorError) as exc:
             log.warning("reaction to event %d (%s) failed: %s", item.seq, item.event.type, exc)
-        except asyncio.CancelledError:
-            raise
-        with hub.sessions.begin() as db:
-            db.merge(Position(name=NAME, seq=item.seq))
+        # Every reaction is idempotent (it checks the current state and uses derived ids),
+        # so re-reading a few events after a restart is harmless: save now and then, not
+        # after every event of the whole log.
+        if item.seq - saved >= SAVE_EVERY or time.monotonic() - saved_at >= SAVE_AFTER:
+            with hub.sessions.begin() as db:
+                db.merge(Position(name=NAME, seq=item.seq))
+            saved, saved_at = item.seq, time.monotonic()
 
 
 async def react(hub: Hub, item: StoredEvent) -> None:
