@@ -183,8 +183,8 @@ class _SocketEnd(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._bridge.splices.discard(self)
-        if self._opening is not None:
-            self._opening.cancel()
+        # A channel still opening is left to finish and closed then (_open sees the closed
+        # socket): cancelling the open would leave the agent's end of it open.
         if self._chan is not None:
             self._chan.close()
 
