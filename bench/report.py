@@ -28,10 +28,16 @@ WHY = {
              "together at the end (p50 close to the wall time)",
     "ws": "each frame crosses two aiohttp WebSocket objects and two tasks in Python",
     "users": "each listed user is folded into a model with its servers from SQL",
-    "tunnel": "each byte crosses SSH in Python on both sides (asyncssh: several copies, an "
-              "AES-GCM pass and a fixed cost per packet, plus an empty ignore packet before "
-              "each) and one more local hop (the bridge socket); with one connection the "
-              "request also waits for two more process wake-ups (the agent, in and out)",
+    "tunnel": "each byte crosses SSH in Python on both sides and one more local hop (the "
+              "bridge socket); py-spy (bench/tunnel_bench.py --profile) puts the proxy's extra "
+              "CPU in asyncssh's receive path (its input buffer is concatenated and sliced, "
+              "the packet decrypted and sliced again: about six copies of every byte in "
+              "Python) and the socket hop; asyncssh also sends an empty ignore packet before "
+              "every packet (two encryptions and two TCP sends per message, which one "
+              "connection's request/response pays in latency, with two more process "
+              "wake-ups, the agent's, per request); on this shared machine (load 5-9 on 2 "
+              "cores) wrk's per-repetition ratios swung from 0.1x to 2.5x, the CPU ratios "
+              "below are steadier",
 }
 
 
@@ -69,7 +75,9 @@ METHOD_NOTES = """\
   `/user/bench/t/` a `tunnel://` route to the same nginx, through the same proxy. Each
   repetition runs both back to back, alternating which goes first; the ratio is the median
   of the per-repetition ratios. The download is one curl GET of a static file per path and
-  repetition. CPU figures are user+system time of the proxy and agent processes.
+  repetition. CPU figures are user+system time of the proxy and agent processes; their
+  ratio is the proxy's CPU direct / through the tunnel, i.e. the share of its direct
+  throughput a CPU-bound proxy keeps (steadier here than wrk's figures).
 - Users API: straight to each hub (not through its proxy), random offsets, 50 per page,
   `Accept: application/jupyterhub-pagination+json`.
 """
@@ -309,24 +317,24 @@ def _tunnel_rows(t: Table, R: dict[str, list[Any]], failure: str | None) -> None
                   "(req/s)", f"{fmt(m(f'tunnel.rps.tunnel.{k}'))} ({fmt(r, 'x', 2)})",
                   f"direct route {fmt(m(f'tunnel.rps.direct.{k}'))}", fmt(r, "x", 2),
                   ">= 0.5x direct", r is not None and r >= 0.5, WHY["tunnel"])
+    # ratio: direct / tunnel proxy CPU, the share of its direct throughput a CPU-bound proxy
+    # keeps through tunnels (steadier than wrk's figures on a shared machine)
     for size in ("1k", "64k"):
         k = f"c64.{size}"
+        pt, pd = m(f"tunnel.cpu_us.proxy.tunnel.{k}"), m(f"tunnel.cpu_us.proxy.direct.{k}")
         t.row(f"CPU per request through the tunnel, 64 conn, {size.replace('k', ' KiB')}",
-              f"proxy {fmt(m(f'tunnel.cpu_us.proxy.tunnel.{k}'), ' µs')} + agent "
-              f"{fmt(m(f'tunnel.cpu_us.agent.tunnel.{k}'), ' µs')}",
-              f"direct route: proxy {fmt(m(f'tunnel.cpu_us.proxy.direct.{k}'), ' µs')}", "—",
-              "report", None)
+              f"proxy {fmt(pt, ' µs')} + agent {fmt(m(f'tunnel.cpu_us.agent.tunnel.{k}'), ' µs')}",
+              f"direct route: proxy {fmt(pd, ' µs')}", ratio(pd, pt), "report", None)
     big = int(m("tunnel.meta.big_mib") or 100)
     r = m("tunnel.ratio.download")
     t.row(f"download of {big} MiB through the tunnel (curl)",
           f"{fmt(m('tunnel.mibps.tunnel'), ' MiB/s')} ({fmt(r, 'x', 2)})",
           f"direct route {fmt(m('tunnel.mibps.direct'), ' MiB/s')}", fmt(r, "x", 2),
           ">= 0.5x direct", r is not None and r >= 0.5, WHY["tunnel"])
+    pt, pd = m("tunnel.cpu_s_per_gib.proxy.tunnel"), m("tunnel.cpu_s_per_gib.proxy.direct")
     t.row("CPU per GiB downloaded through the tunnel",
-          f"proxy {fmt(m('tunnel.cpu_s_per_gib.proxy.tunnel'), ' s')} + agent "
-          f"{fmt(m('tunnel.cpu_s_per_gib.agent.tunnel'), ' s')}",
-          f"direct route: proxy {fmt(m('tunnel.cpu_s_per_gib.proxy.direct'), ' s')}", "—",
-          "report", None)
+          f"proxy {fmt(pt, ' s')} + agent {fmt(m('tunnel.cpu_s_per_gib.agent.tunnel'), ' s')}",
+          f"direct route: proxy {fmt(pd, ' s')}", ratio(pd, pt), "report", None)
 
 
 def _md_table(t: Table) -> str:
