@@ -71,13 +71,13 @@ METHOD_NOTES = """\
   Each repetition starts both hubs fresh.
 - Tunnel: one edge proxy process, one nginx, and the real site-agent tunnel code
   (`TunnelManager`, asyncssh, AES-GCM, enrolled agent key, pinned host key) in its own
-  process (plain asyncio, like `fedhub site-agent`); `/user/bench/` is an `http://` route and
-  `/user/bench/t/` a `tunnel://` route to the same nginx, through the same proxy. Each
-  repetition runs both back to back, alternating which goes first; the ratio is the median
-  of the per-repetition ratios. The download is one curl GET of a static file per path and
-  repetition. CPU figures are user+system time of the proxy and agent processes; their
-  ratio is the proxy's CPU direct / through the tunnel, i.e. the share of its direct
-  throughput a CPU-bound proxy keeps (steadier here than wrk's figures).
+  process (plain asyncio, like `fedhub site-agent`); `/user/bench/` is an `http://` route
+  and `/user/bench/t/` a `tunnel://` route to the same nginx, through the same proxy. Each
+  repetition runs direct, tunnel, tunnel, direct (half the time each, in whole seconds);
+  the ratio is the median of the per-repetition ratios. The download is one curl GET of a
+  static file per path and repetition. CPU figures are user+system time of the proxy and
+  agent processes; their ratio is the proxy's CPU direct / through the tunnel, i.e. the
+  share of its direct throughput a CPU-bound proxy keeps (steadier here than wrk's).
 - Users API: straight to each hub (not through its proxy), random offsets, 50 per page,
   `Accept: application/jupyterhub-pagination+json`.
 """
@@ -299,7 +299,7 @@ def build(data: dict[str, Any]) -> Table:
 
 def _tunnel_rows(t: Table, R: dict[str, list[Any]], failure: str | None) -> None:
     """Tunnel vs the same proxy's direct route: the ratio is the median of the
-    per-repetition ratios (both paths measured back to back, alternating)."""
+    per-repetition ratios (direct, tunnel, tunnel, direct in each repetition)."""
     m = lambda k: med(R, k)  # noqa: E731
     if failure:
         t.row("throughput through a site agent's tunnel", "failed", "", "", ">= 0.5x direct",

@@ -5,8 +5,8 @@ files, and one site agent's tunnel to that nginx: the agent side is the real
 ``TunnelManager`` (asyncssh, AES-GCM, the agent's enrolled key, the proxy's pinned host
 key) in its own process. Two routes lead to the same nginx: ``/user/bench/`` by an
 ``http://`` target (direct) and ``/user/bench/t/`` by ``tunnel://benchsite/bench.t``. wrk
-runs both in the same repetition, alternating which goes first; the figures are medians of
-the per-repetition tunnel/direct ratios. A large download (curl) gives MB/s both ways.
+runs both in the same repetition (direct, tunnel, tunnel, direct); the figures are medians
+of the per-repetition tunnel/direct ratios. A large download (curl) gives MB/s both ways.
 
     python bench/tunnel_bench.py [--reps 3] [--seconds 3] [--profile]   # standalone
     python bench/suite.py --only tunnel                                    # in the suite
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -132,26 +133,32 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
         res = wrk(rig.urls[name] % "1k.bin", 8, 1, rig.token)
         if res["non2xx"] or res["errors"] or res["requests"] < 10:
             raise RuntimeError(f"{name} is not serving: {res}")
-    log(f"tunnel vs direct: {reps} reps x {secs} s")
+    # Each repetition runs direct, tunnel, tunnel, direct (half the time each): a load that
+    # rises or falls steadily during the repetition weighs on both paths alike.
+    half = max(1, math.ceil(secs / 2))  # wrk takes whole seconds
+    log(f"tunnel vs direct: {reps} reps x {secs} s (direct, tunnel, tunnel, direct)")
     for rep in range(reps):
-        turn = 0
         for conns in (64, 1):
             for size in ("1k", "64k"):
                 k = f"c{conns}.{size}"
-                order = ("direct", "tunnel") if (rep + turn) % 2 == 0 else ("tunnel", "direct")
-                turn += 1
-                rps = {}
-                for name in order:
+                done = {"direct": [0, 0.0], "tunnel": [0, 0.0]}  # requests, seconds
+                cpu = {(p, n): 0.0 for p in pids for n in done}
+                for name in ("direct", "tunnel", "tunnel", "direct"):
                     cpu0 = {p: cpu_seconds(pid) for p, pid in pids.items()}
-                    res = wrk(rig.urls[name] % f"{size}.bin", conns, secs, rig.token)
-                    rps[name] = res["rps"]
-                    R.setdefault(f"tunnel.rps.{name}.{k}", []).append(res["rps"])
+                    res = wrk(rig.urls[name] % f"{size}.bin", conns, half, rig.token)
+                    done[name][0] += res["requests"]
+                    done[name][1] += res["duration_us"] / 1e6
+                    for p, pid in pids.items():
+                        cpu[p, name] += cpu_seconds(pid) - cpu0[p]
                     if res["errors"] or res["non2xx"]:
                         R.setdefault(f"tunnel.errors.{name}.{k}", []).append(
                             res["errors"] + res["non2xx"])
-                    for p, pid in pids.items():
+                rps = {n: reqs / max(1e-9, took) for n, (reqs, took) in done.items()}
+                for name in done:
+                    R.setdefault(f"tunnel.rps.{name}.{k}", []).append(rps[name])
+                    for p in pids:
                         R.setdefault(f"tunnel.cpu_us.{p}.{name}.{k}", []).append(
-                            (cpu_seconds(pid) - cpu0[p]) * 1e6 / max(1, res["requests"]))
+                            cpu[p, name] * 1e6 / max(1, done[name][0]))
                 R.setdefault(f"tunnel.ratio.{k}", []).append(rps["tunnel"] / rps["direct"])
         log(f"  rep {rep + 1}: " + ", ".join(
             f"{k} {R[f'tunnel.ratio.{k}'][-1]:.2f}x" for k in
