@@ -42,13 +42,13 @@ import asyncssh
 from fedhub.edge_proxy.forward import Forwarder
 
 log = logging.getLogger(__name__)
-# The receive side of each channel (server -> proxy, where responses flow). asyncssh
-# accepts packets up to 256 KiB on a connection by default; staying below that keeps the
-# agent's limits untouched while cutting the packet count eightfold from its 32 KiB.
+# The receive side of each channel (server -> proxy, where responses flow): a quarter of
+# the packets of asyncssh's default 32 KiB. Larger packets measured no better: asyncssh
+# copies each packet several times, and its input buffer grows by concatenation.
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 # Bytes the bridge socket may buffer before the channel is paused: with asyncio's 64 KiB
-# default, every few packets paused and re-opened the channel (about a quarter more proxy
+# default, every few packets paused and re-opened the channel (about a third more proxy
 # CPU per GiB downloaded, measured with bench/tunnel_bench.py).
 SOCKET_HIGH_WATER = 1024 * 1024
 # (connection, forward port) of the site's current link; raises LookupError when it has none.
