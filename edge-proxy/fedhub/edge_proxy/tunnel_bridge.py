@@ -42,9 +42,12 @@ import asyncssh
 from fedhub.edge_proxy.forward import Forwarder
 
 log = logging.getLogger(__name__)
-# The receive side of each channel (server -> proxy, where responses flow): a quarter of
-# the packets of asyncssh's default 32 KiB. Larger packets measured no better: asyncssh
-# copies each packet several times, and its input buffer grows by concatenation.
+# The receive side of each channel (server -> proxy, where responses flow). The window is
+# for the WAN between a site and a proxy, not loopback: a channel moves at most one window
+# per round trip (asyncssh's 2 MiB at 50 ms: 40 MiB/s). Its price: a channel whose client
+# reads slowly holds up to one window in the proxy's memory. Packets of 128 KiB are a
+# quarter as many as asyncssh's default 32 KiB; larger measured no better (asyncssh copies
+# each packet several times, and its input buffer grows by concatenation).
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 # Bytes the bridge socket may buffer before the channel is paused: with asyncio's 64 KiB

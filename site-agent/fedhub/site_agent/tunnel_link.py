@@ -30,10 +30,11 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 JITTER = 0.2  # +-20 %: agents of many sites do not all come back in the same second
 FORWARD_PORT = 1  # part of the forward's name on the proxy; no port is bound anywhere
-# The receive side of each forwarded channel (proxy -> server: requests, uploads). Fewer,
-# larger SSH packets cost less CPU per byte: asyncssh spends a fixed amount of Python on
-# each (and sends an empty ignore packet before each); 128 KiB stays below the 256 KiB
-# packets asyncssh accepts by default.
+# The receive side of each forwarded channel (proxy -> server: requests, uploads). A
+# channel moves at most one window per round trip, and sites are far from proxies
+# (asyncssh's 2 MiB at 50 ms: 40 MiB/s); a slowly read channel holds up to one window here.
+# Fewer, larger SSH packets cost less CPU per byte: asyncssh spends a fixed amount of
+# Python on each (and sends an empty ignore packet before each).
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 # glibc mallopt parameters (malloc.h)
