@@ -28,6 +28,16 @@ WHY = {
              "together at the end (p50 close to the wall time)",
     "ws": "each frame crosses two aiohttp WebSocket objects and two tasks in Python",
     "users": "each listed user is folded into a model with its servers from SQL",
+    "tunnel": "each byte crosses SSH in Python on both sides and one more local hop (the "
+              "bridge socket); py-spy (bench/tunnel_bench.py --profile) puts the proxy's extra "
+              "CPU in asyncssh's receive path (its input buffer is concatenated and sliced, "
+              "the packet decrypted and sliced again: about six copies of every byte in "
+              "Python) and the socket hop; asyncssh also sends an empty ignore packet before "
+              "every packet (two encryptions and two TCP sends per message, which one "
+              "connection's request/response pays in latency, with two more process "
+              "wake-ups, the agent's, per request); on this shared machine (load 5-9 on 2 "
+              "cores) wrk's per-repetition ratios swung from 0.1x to 2.5x, the CPU ratios "
+              "below are steadier",
 }
 
 
@@ -59,6 +69,15 @@ METHOD_NOTES = """\
   spawn timeout of 600 s so the POST returns when the server is ready. A single spawn is
   timed from the POST to the first 200 through the hub's own proxy with the user's token.
   Each repetition starts both hubs fresh.
+- Tunnel: one edge proxy process, one nginx, and the real site-agent tunnel code
+  (`TunnelManager`, asyncssh, AES-GCM, enrolled agent key, pinned host key) in its own
+  process (plain asyncio, like `fedhub site-agent`); `/user/bench/` is an `http://` route
+  and `/user/bench/t/` a `tunnel://` route to the same nginx, through the same proxy. Each
+  repetition runs direct, tunnel, tunnel, direct (half the time each, in whole seconds);
+  the ratio is the median of the per-repetition ratios. The download is one curl GET of a
+  static file per path and repetition. CPU figures are user+system time of the proxy and
+  agent processes; their ratio is the proxy's CPU direct / through the tunnel, i.e. the
+  share of its direct throughput a CPU-bound proxy keeps (steadier here than wrk's).
 - Users API: straight to each hub (not through its proxy), random offsets, 50 per page,
   `Accept: application/jupyterhub-pagination+json`.
 """
@@ -178,9 +197,7 @@ def build(data: dict[str, Any]) -> Table:
         t.row(f"WebSocket echo round trip added, {q}", fmt(fa, " µs"),
               f"CHP {fmt(ca, ' µs')} (direct {fmt(dq, ' µs')})", ratio(fa, ca), "<= CHP",
               ca is not None and fa <= ca, WHY["ws"])
-    t.row("throughput through a site agent's tunnel", "n/a", "own direct path", "—",
-          ">= 0.5x direct", None,
-          note="n/a (tunnels landed while this suite was written; not measured yet)")
+    _tunnel_rows(t, R, fail.get("tunnel"))
     big = int(m("meta.routes_big") or 100_000)
     f, c = m("rss_big_mib.fedhub"), m("rss_big_mib.chp")
     if f is not None:
@@ -278,6 +295,46 @@ def build(data: dict[str, Any]) -> Table:
               f"JupyterHub {fmt(m('users_p50_ms.jupyterhub'), ' ms')}",
               ratio(m("users_p50_ms.fedhub"), m("users_p50_ms.jupyterhub")), "report", None)
     return t
+
+
+def _tunnel_rows(t: Table, R: dict[str, list[Any]], failure: str | None) -> None:
+    """Tunnel vs the same proxy's direct route: the ratio is the median of the
+    per-repetition ratios (direct, tunnel, tunnel, direct in each repetition)."""
+    m = lambda k: med(R, k)  # noqa: E731
+    if failure:
+        t.row("throughput through a site agent's tunnel", "failed", "", "", ">= 0.5x direct",
+              None, note=failure)
+        return
+    if m("tunnel.ratio.c64.1k") is None:
+        t.row("throughput through a site agent's tunnel", "n/a", "own direct path", "—",
+              ">= 0.5x direct", None, note="not measured in this run (stage tunnel)")
+        return
+    for conns in (64, 1):
+        for size in ("1k", "64k"):
+            k = f"c{conns}.{size}"
+            r = m(f"tunnel.ratio.{k}")
+            t.row(f"through a site agent's tunnel, {conns} conn, {size.replace('k', ' KiB')} "
+                  "(req/s)", f"{fmt(m(f'tunnel.rps.tunnel.{k}'))} ({fmt(r, 'x', 2)})",
+                  f"direct route {fmt(m(f'tunnel.rps.direct.{k}'))}", fmt(r, "x", 2),
+                  ">= 0.5x direct", r is not None and r >= 0.5, WHY["tunnel"])
+    # ratio: direct / tunnel proxy CPU, the share of its direct throughput a CPU-bound proxy
+    # keeps through tunnels (steadier than wrk's figures on a shared machine)
+    for size in ("1k", "64k"):
+        k = f"c64.{size}"
+        pt, pd = m(f"tunnel.cpu_us.proxy.tunnel.{k}"), m(f"tunnel.cpu_us.proxy.direct.{k}")
+        t.row(f"CPU per request through the tunnel, 64 conn, {size.replace('k', ' KiB')}",
+              f"proxy {fmt(pt, ' µs')} + agent {fmt(m(f'tunnel.cpu_us.agent.tunnel.{k}'), ' µs')}",
+              f"direct route: proxy {fmt(pd, ' µs')}", ratio(pd, pt), "report", None)
+    big = int(m("tunnel.meta.big_mib") or 100)
+    r = m("tunnel.ratio.download")
+    t.row(f"download of {big} MiB through the tunnel (curl)",
+          f"{fmt(m('tunnel.mibps.tunnel'), ' MiB/s')} ({fmt(r, 'x', 2)})",
+          f"direct route {fmt(m('tunnel.mibps.direct'), ' MiB/s')}", fmt(r, "x", 2),
+          ">= 0.5x direct", r is not None and r >= 0.5, WHY["tunnel"])
+    pt, pd = m("tunnel.cpu_s_per_gib.proxy.tunnel"), m("tunnel.cpu_s_per_gib.proxy.direct")
+    t.row("CPU per GiB downloaded through the tunnel",
+          f"proxy {fmt(pt, ' s')} + agent {fmt(m('tunnel.cpu_s_per_gib.agent.tunnel'), ' s')}",
+          f"direct route: proxy {fmt(pd, ' s')}", ratio(pd, pt), "report", None)
 
 
 def _md_table(t: Table) -> str:

@@ -183,3 +183,28 @@ def start_edge_proxy(procs: Procs, root: Path, nats_url: str, hub_url: str, name
     p = procs.start(name, [sys.executable, "-m", "fedhub.edge_proxy"], log, env=env)
     wait_http(f"http://127.0.0.1:{port}/_fedhub/health", timeout=timeout, proc=p, log=log)
     return EdgeProxyProc(port, p.pid, p)
+
+
+def start_static(procs: Procs, root: Path, files: dict[str, int]) -> Nginx:
+    """nginx serving ``files`` (name -> size in bytes) at any path ending in their name.
+
+    Files are written out in full once; nginx then serves them from the page cache.
+    """
+    www = root / "www-static"
+    www.mkdir(parents=True, exist_ok=True)
+    for name, size in files.items():
+        block = b"z" * (1 << 20)
+        with open(www / name, "wb") as out:
+            for _ in range(size >> 20):
+                out.write(block)
+            out.write(b"z" * (size & ((1 << 20) - 1)))
+    port = free_port()
+    body = f"""
+    location ~ /([A-Za-z0-9_.-]+\\.bin)$ {{ root {www}; try_files /$1 =404; }}
+    location / {{ return 200 "ok\\n"; }}
+"""
+    conf = _nginx_conf(root / "nginx-static", port, body)
+    p = procs.start("nginx-static", [nginx_binary(), "-c", str(conf), "-p", str(conf.parent)],
+                    root / "nginx-static.log")
+    wait_port(port)
+    return Nginx(port, p.pid)

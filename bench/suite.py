@@ -1,6 +1,6 @@
 """fedhub's benchmark suite: runs fedhub and its anchors side by side, prints one table.
 
-    python bench/suite.py [--quick] [--only proxy,hub,log] [--results FILE]
+    python bench/suite.py [--quick] [--only proxy,tunnel,log,hub] [--results FILE]
 
 Reports; asserts nothing about time. Raw figures go to bench/out/raw.json, the table to
 stdout and (with --results) to a Markdown file.
@@ -26,13 +26,13 @@ FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "routes_mid": 10_000,
         "append_seconds": 10, "spawn_singles": 10, "bursts": [100, 500], "burst_reps": 3,
         "users": 10_000, "users_requests": 300,
         # the slowest items (minutes each) run fewer times to keep the suite under 30 min
-        "audit_reps": 1, "rebuild_big_reps": 2, "reps_burst500": 2}
+        "audit_reps": 1, "rebuild_big_reps": 2, "reps_burst500": 2, "tunnel_big_mib": 100}
 QUICK = {"reps": 1, "wrk_seconds": 1, "ws_messages": 500, "routes_mid": 10_000,
          "routes_big": 100_000, "route_samples": 100, "audit_events": 200_000,
          "append_seconds": 3, "spawn_singles": 5, "bursts": [100], "burst_reps": 1,
          "users": 2_000, "users_requests": 100,
-         "audit_reps": 1, "rebuild_big_reps": 1, "reps_burst500": 1}
-STAGES = ("proxy", "log", "hub")
+         "audit_reps": 1, "rebuild_big_reps": 1, "reps_burst500": 1, "tunnel_big_mib": 100}
+STAGES = ("proxy", "tunnel", "log", "hub")
 
 
 def anchors() -> str:
@@ -56,7 +56,7 @@ def anchors() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one repetition, smaller sizes")
-    ap.add_argument("--only", default=",".join(STAGES), help="stages: proxy,log,hub")
+    ap.add_argument("--only", default=",".join(STAGES), help="stages: proxy,tunnel,log,hub")
     ap.add_argument("--results", type=Path, help="also write the Markdown report here")
     ap.add_argument("--raw", type=Path, default=BENCH / "out" / "raw.json")
     ap.add_argument("--report-only", action="store_true", help="re-print from --raw")
@@ -99,7 +99,7 @@ def main() -> int:
         finally:
             data["durations"]["total"] = round(time.monotonic() - t_start, 1)
             if previous is not None:  # keep the other stages' figures from the earlier run
-                prefixes = {"log": ("audit_", "append_eps", "append_p")}
+                prefixes = {"log": ("audit_", "append_eps", "append_p"), "tunnel": ("tunnel.",)}
                 mine = tuple(p for s in stages for p in prefixes.get(s, ()))
                 kept = {k: v for k, v in previous["results"].items()
                         if not (mine and k.startswith(mine))}

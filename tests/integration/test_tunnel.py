@@ -288,3 +288,26 @@ async def test_over_a_real_nats_server(nats_url: str, tmp_path: Path,
     finally:
         await teardown(setup)
         await store.close()
+
+
+def test_traffic_through_the_tunnel_on_uvloop(tmp_path: Path) -> None:
+    """The proxy runs on uvloop in production, whose transports differ from asyncio's (they
+    start reading after ``connection_made`` and are not ``asyncio.Transport`` instances)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        setup = await make_setup(MemoryStore(), tmp_path)
+        try:
+            proxy = await setup.proxy("edge-uvloop")
+            await setup.agent(setup.world.agent)
+            await until(tunnelled(proxy), what="the forward")
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+                await check_traffic(proxy, setup, client)
+                for _ in range(20):  # keep-alive reuse of bridged channels
+                    status, _, _ = await get(client, f"{proxy.url}/user/alice/x",
+                                             headers=setup.cookie())
+                    assert status == 200
+        finally:
+            await teardown(setup)
+
+    uvloop.run(scenario())

@@ -161,16 +161,15 @@ class Tunnels:
         return bridge.forwarder
 
     async def _bridge(self, site: str, key: str, directory: Path) -> Bridge:
-        async def opener() -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
+        def locate() -> tuple[asyncssh.SSHServerConnection, int]:
             found = self.registry.lookup(site, key)
             if found is None:
                 raise LookupError(unreachable_message(site))
             link, port = found
-            reader, writer = await link.conn.open_connection(key, port, encoding=None)
-            return reader, writer
+            return link.conn, port
 
         path = directory / f"{next(self._serial)}-{socket_name(site, key)}"
-        bridge = Bridge(path, f"{key} at site {site}", opener,
+        bridge = Bridge(path, f"{key} at site {site}", key, locate,
                         self.settings.upstream_timeout)
         await bridge.start()
         return bridge
