@@ -83,7 +83,8 @@ class Filter:
 
 
 def _kind(subject: str) -> str:
-    if ".cmd." in subject:
+    # By position: a user or server named "cmd" also puts ".cmd." in a subject.
+    if subject.split(".", 2)[1:2] == ["cmd"]:
         return "command"
     return "report" if is_site_fact(subject) else "event"
 
