@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
 from fedhub.coordinator.audit import Filter, rows
 from fedhub.events.jetstream import JetStreamStore
-from tests.support.auditlog import varied_log
+from tests.support.auditlog import T0, varied_log
 from tests.unit.coordinator.test_audit_filters import full_scan
 
 FILTERS = [Filter(), Filter(commands=True), Filter(user="al"), Filter(user="alice"),
            Filter(user="élodie", commands=True), Filter(user="a.b_c@x"), Filter(site="hpc"),
            Filter(site="hpc2", commands=True), Filter(user="alice", site="hpc", commands=True),
-           Filter(user="nobody")]
+           Filter(user="nobody"), Filter(since=T0 + timedelta(minutes=40)),
+           Filter(user="al", since=T0 + timedelta(minutes=30), until=T0 + timedelta(minutes=60))]
 
 
 @pytest.fixture

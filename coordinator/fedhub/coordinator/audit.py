@@ -42,7 +42,7 @@ _REL = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 KEYS = f"{subjects.ROOT}.key.>"
 # Writers stamp events with their own clocks, so the log is only roughly in time order:
-# reading stops this long after --until, not at the first event past it.
+# reading starts this long before --since and stops this long after --until.
 CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -151,43 +151,68 @@ def subject_filters(flt: Filter) -> list[str]:
     return sorted(found)
 
 
-async def merged(store: EventStore, filters: list[str]) -> AsyncGenerator[StoredEvent, None]:
-    """The events matching any of ``filters`` (which must not overlap), in log order.
+Source = tuple[str, int, int | None]  # subject filter, first sequence, stop before (or None)
 
-    Each filter is read in sequence order and the reads are merged by sequence, holding
-    one event per filter, so memory stays flat. All reads stop at the end of the log as
+
+async def merged(store: EventStore, sources: list[Source]) -> AsyncGenerator[StoredEvent, None]:
+    """The events of every source (which must not overlap), in log order.
+
+    Each source is read in sequence order and the reads are merged by sequence, holding
+    one event per source, so memory stays flat. All reads stop at the end of the log as
     it was before the first began: a key published meanwhile cannot be missing from the
     keys' read while an event it signed shows up in another.
     """
-    if len(filters) == 1:
-        async with aclosing(store.read(filters[0])) as only:
-            async for item in only:
-                yield item
-        return
     end = await store.last_seq()
     async with AsyncExitStack() as stack:
-        reads = [await stack.enter_async_context(aclosing(store.read(f))) for f in filters]
+        reads = [await stack.enter_async_context(aclosing(store.read(f, start=first)))
+                 for f, first, _ in sources]
+        stops = [end + 1 if stop is None else min(stop, end + 1) for _, _, stop in sources]
         heap: list[tuple[int, int, StoredEvent]] = []
-        for i, it in enumerate(reads):
-            if (first := await anext(it, None)) is not None:
-                heap.append((first.seq, i, first))
-        heapq.heapify(heap)
+
+        async def advance(i: int) -> None:
+            if (item := await anext(reads[i], None)) is not None and item.seq < stops[i]:
+                heapq.heappush(heap, (item.seq, i, item))
+
+        for i in range(len(reads)):
+            await advance(i)
         while heap:
-            seq, i, item = heap[0]
-            if seq > end:
-                break
-            if (nxt := await anext(reads[i], None)) is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (nxt.seq, i, nxt))
+            _, i, item = heapq.heappop(heap)
+            await advance(i)
             yield item
+
+
+async def first_seq_at(store: EventStore, when: datetime) -> int:
+    """The sequence of the first event stamped ``when`` or later (last + 1 if none),
+    by bisection: right as long as the log is in time order (see CLOCK_SKEW)."""
+    lo, hi = 1, await store.last_seq()
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        async with aclosing(store.read(subjects.ALL, start=mid)) as after:
+            item = await anext(after, None)
+        if item is None or item.event.time >= when:
+            hi = mid - 1
+        else:
+            lo = item.seq + 1
+    return lo
+
+
+async def sources(store: EventStore, flt: Filter) -> list[Source]:
+    """What to read for ``flt``: its subject filters from --since on (less clock skew),
+    and the keys from the start, as an event is checked against every key before it."""
+    start = await first_seq_at(store, flt.since - CLOCK_SKEW) if flt.since else 1
+    chosen = subject_filters(flt)
+    if start <= 1:
+        return [(f, 1, None) for f in chosen]
+    if chosen == [subjects.ALL]:  # the keys from ``start`` on are in the main read
+        return [(KEYS, 1, start), (subjects.ALL, start, None)]
+    return [(f, 1, None) if f == KEYS else (f, start, None) for f in chosen]
 
 
 async def rows(store: EventStore, flt: Filter) -> AsyncIterator[dict[str, Any]]:
     """The audit rows ``flt`` keeps, in log order, each with its verified signer."""
     keyring = KeyRing()
     stop = flt.until + CLOCK_SKEW if flt.until else None
-    async with aclosing(merged(store, subject_filters(flt))) as events:
+    async with aclosing(merged(store, await sources(store, flt))) as events:
         async for item in events:
             if stop is not None and item.event.time > stop:
                 return

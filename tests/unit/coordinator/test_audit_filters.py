@@ -126,3 +126,22 @@ def test_a_users_filters_miss_users_whose_names_extend_it(user: str, other: str)
 def test_no_event_is_read_twice(flt: Filter) -> None:
     chosen = subject_filters(flt)
     assert all(sum(subjects.matches(f, e.subject) for f in chosen) <= 1 for e in LOG)
+
+
+async def test_since_skips_the_events_before_it(store: MemoryStore) -> None:
+    counting = CountingStore(store)
+    flt = Filter(since=T0 + timedelta(minutes=50))
+    got = [r async for r in rows(counting, flt)]  # type: ignore[arg-type]
+    assert got == await full_scan(store, flt) and got
+    assert len(counting.handed) < len(LOG) // 2
+
+
+async def test_an_event_stamped_a_little_early_by_its_writer_is_still_found() -> None:
+    # Writers' clocks disagree: minute 20 is appended before minutes 12-14.
+    store = MemoryStore()
+    for n, minute in enumerate([0, 10, 20, 12, 13, 14, 30]):
+        env = LOG[0].model_copy(update={"id": f"e{n}", "time": T0 + timedelta(minutes=minute)})
+        await store.append(env)
+    flt = Filter(since=T0 + timedelta(minutes=16))
+    got = [r async for r in rows(store, flt)]
+    assert [r["time"] for r in got] == ["2026-05-10T12:20:00Z", "2026-05-10T12:30:00Z"]
