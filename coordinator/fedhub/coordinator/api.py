@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fedhub.coordinator import auth, servers, siteadmin, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Token, User
+from fedhub.coordinator.db import Server, Token, User
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.coordinator.reactor import wait_for_route
 from fedhub.coordinator.sites import list_sites
@@ -55,9 +55,12 @@ def acting_for(request: Request, name: str) -> tuple[Hub, Identity, User]:
     return hub, ident, user
 
 
-def user_model(hub: Hub, user: User) -> dict[str, Any]:
-    rows = users.servers_of(hub, user.name)
-    down = servers.unreachable_sites(hub)
+def user_model(hub: Hub, user: User, rows: list[Server] | None = None,
+               down: set[str] | None = None) -> dict[str, Any]:
+    """JupyterHub's user model; ``rows`` (the user's servers) and ``down`` (unreachable
+    sites) are looked up when not given: a list passes them in, queried once per page."""
+    rows = users.servers_of(hub, user.name) if rows is None else rows
+    down = servers.unreachable_sites(hub) if down is None else down
     models = {r.name: servers.server_model(hub, r, down) for r in rows
               if ServerStatus(r.status).active}
     default = models.get("")
@@ -112,7 +115,9 @@ async def list_all(request: Request, offset: int = 0, limit: int = 50) -> Respon
         rows, total = users.list_users(hub, offset, limit)
     else:
         rows, total = [users.get_user(hub, ident.name)], 1
-    items = [user_model(hub, u) for u in rows]
+    owned = users.servers_of_users(hub, [u.name for u in rows])
+    down = servers.unreachable_sites(hub)
+    items = [user_model(hub, u, owned.get(u.name, []), down) for u in rows]
     if PAGINATION in request.headers.get("accept", ""):
         nxt = {"offset": offset + limit, "limit": limit} if offset + limit < total else None
         return JSONResponse({"items": items, "_pagination": {

@@ -212,10 +212,11 @@ def parser() -> argparse.ArgumentParser:
     sremove = site_sub.add_parser("remove", help="remove a site and revoke its credentials")
     sremove.add_argument("name")
     aud = sub.add_parser("audit", help="print the timeline from the log")
-    aud.add_argument("--user")
-    aud.add_argument("--site")
+    aud.add_argument("--user", help="only this user's events (read by subject: fast)")
+    aud.add_argument("--site", help="only this site's events and its servers' events")
     aud.add_argument("--since", help="ISO time or relative (30m, 2h, 7d)")
-    aud.add_argument("--until")
+    aud.add_argument("--until", help="like --since; reading stops 5 minutes past it, "
+                     "as writers' clocks may disagree")
     aud.add_argument("--json", action="store_true", help="JSON lines")
     aud.add_argument("--commands", action="store_true",
                      help="include commands to sites and their raw reports")

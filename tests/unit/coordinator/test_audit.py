@@ -225,3 +225,13 @@ async def test_empty_log_prints_only_the_header() -> None:
     out = io.StringIO()
     assert await print_audit(MemoryStore(), Filter(), as_json=True, out=out) == 0
     assert out.getvalue() == ""
+
+
+async def test_a_user_named_cmd_is_not_taken_for_a_command() -> None:
+    store = MemoryStore()
+    await store.append(at(subjects.user("cmd"), ev.UserCreated(name="cmd"), 0))
+    await store.append(at(subjects.server("cmd", "x"), ev.ServerRequested(
+        user="cmd", server="x", site="hpc", spawn_id="s1"), 1))
+    got = await collect(store, Filter(user="cmd"))
+    assert [(r["event"], r["kind"]) for r in got] == [
+        ("UserCreated", "event"), ("ServerRequested", "event")]

@@ -1,0 +1,120 @@
+"""``GET /hub/api/users``: JupyterHub's paginated list, each user with their servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from fedhub.coordinator import api, health, servers
+from fedhub.coordinator.app import open_hub
+from fedhub.coordinator.auth import issue_token
+from fedhub.coordinator.context import Hub
+from fedhub.coordinator.settings import CoordinatorSettings
+from fedhub.coordinator.siteadmin import enroll_site
+from fedhub.coordinator.users import create_user
+from fedhub.events.memory import MemoryStore
+from fedhub.events.signing import SigningKey
+from fedhub.schemas import subjects
+from fedhub.schemas.events import SiteHeartbeat
+
+PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
+NAMES = ["ann", "bob", "cat", "dan", "eve", "fay"]
+
+
+def beat(hub: Hub, site: str, age: float) -> None:
+    data = SiteHeartbeat(site=site, agent_id="a", servers=1).model_dump_json().encode()
+    store = hub.store
+    assert isinstance(store, MemoryStore)
+    store._health[subjects.health(site)] = (data, datetime.now(UTC) - timedelta(seconds=age))
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    settings = CoordinatorSettings(data_dir=tmp_path, site_offline_after=15, site_lost_after=600)
+    made = await open_hub(settings, MemoryStore())
+    task = asyncio.create_task(made.projection.run())
+    for site in ("hpc", "cloud"):
+        await enroll_site(made, site, backend="local", public_key=SigningKey.generate()
+                          .public_b64, weight=1, description="", actor="test")
+        beat(made, site, 1)
+    await create_user(made, "root", admin=True, actor="test")
+    for name in NAMES:
+        await create_user(made, name, admin=False, actor="test")
+    await servers.start(made, "ann", "", "hpc", {}, "test")
+    await servers.start(made, "ann", "gpu", "cloud", {}, "test")
+    await servers.start(made, "cat", "", "cloud", {}, "test")
+    await servers.start(made, "eve", "big", "hpc", {}, "test")
+    beat(made, "cloud", 60)  # cloud goes quiet: its servers show as unreachable
+    await health.check(made)
+    await made.projection.wait_for(await made.store.last_seq())
+    yield made
+    task.cancel()
+
+
+@pytest.fixture
+async def client(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.include_router(api.router)
+    app.state.hub = hub
+    secret, _ = await issue_token(hub, "root", "test", None, "test")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://hub",
+                                 headers={"Authorization": f"token {secret}"}) as c:
+        yield c
+
+
+async def page(client: httpx.AsyncClient, offset: int, limit: int) -> dict[str, Any]:
+    r = await client.get("/hub/api/users", params={"offset": offset, "limit": limit},
+                         headers=PAGINATION)
+    assert r.status_code == 200
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_a_page_shows_each_user_as_their_own_endpoint_does(
+        client: httpx.AsyncClient) -> None:
+    got = (await page(client, 0, 50))["items"]
+    assert [u["name"] for u in got] == sorted([*NAMES, "root"])
+    for model in got:
+        alone = (await client.get(f"/hub/api/users/{model['name']}")).json()
+        assert model == alone
+    by_name = {u["name"]: u for u in got}
+    assert sorted(by_name["ann"]["servers"]) == ["", "gpu"]
+    assert by_name["ann"]["servers"]["gpu"]["site_status"] == "unreachable"
+    assert by_name["ann"]["servers"][""]["site_status"] == "reachable"
+    assert by_name["cat"]["servers"][""]["site_status"] == "unreachable"
+    assert by_name["bob"]["servers"] == {} and by_name["bob"]["server"] is None
+    assert list(by_name["eve"]["servers"]) == ["big"]
+
+
+async def test_pages_walk_the_users_in_name_order(client: httpx.AsyncClient) -> None:
+    first = await page(client, 0, 3)
+    assert [u["name"] for u in first["items"]] == ["ann", "bob", "cat"]
+    assert first["_pagination"] == {"offset": 0, "limit": 3, "total": 7,
+                                    "next": {"offset": 3, "limit": 3}}
+    last = await page(client, 6, 3)
+    assert [u["name"] for u in last["items"]] == ["root"]
+    assert last["_pagination"]["next"] is None
+    plain = await client.get("/hub/api/users", params={"offset": 1, "limit": 2})
+    assert [u["name"] for u in plain.json()] == ["bob", "cat"]
+
+
+async def test_a_page_costs_the_same_queries_at_any_size(
+        hub: Hub, client: httpx.AsyncClient) -> None:
+    statements: list[str] = []
+    engine = hub.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute",
+                 lambda *args: statements.append(args[2]))
+    await page(client, 0, 2)
+    small = len(statements)
+    statements.clear()
+    await page(client, 0, 7)
+    assert len(statements) == small
