@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
+from fedhub.events.bulk import bulk_read
 from fedhub.events.envelope import Envelope, decode
 from fedhub.events.errors import (
     ConcurrencyError,
@@ -204,6 +205,15 @@ class JetStreamStore:
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
     ) -> AsyncGenerator[StoredEvent, None]:
+        """Decoded events of :meth:`_ordered_msgs`; malformed ones are logged and skipped."""
+        async for msg in self._ordered_msgs(subjects, config, until_caught_up=until_caught_up):
+            item = self._decoded(msg)
+            if item is not None:
+                yield item
+
+    async def _ordered_msgs(
+        self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
+    ) -> AsyncGenerator[Msg, None]:
         """An ordered (flow-controlled, gap-free) push consumer over ``subjects``.
 
         The consumer is named, so the server sees the filter in the API subject and can
@@ -236,9 +246,7 @@ class JetStreamStore:
                     msg = await sub.next_msg(timeout=None)
                 except NatsTimeout:
                     continue
-                item = self._decoded(msg)
-                if item is not None:
-                    yield item
+                yield msg
                 if until_caught_up and msg.metadata.num_pending == 0:
                     return
         finally:
@@ -315,6 +323,17 @@ class JetStreamStore:
         if not self._bounded_reads:
             return [i async for i in self._ordered(subjects, cfg, until_caught_up=True)]
         return [item async for item in self._pulled(subjects, cfg)]
+
+    async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
+        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded."""
+        cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
+        if not self._bounded_reads:
+            async for msg in self._ordered_msgs(subjects, cfg, until_caught_up=True):
+                yield int(msg.metadata.sequence.stream), msg.data
+            return
+        async for batch in bulk_read(self._nc, self._js, self._stream, subjects, cfg):
+            for item in batch:
+                yield item
 
     async def consume(
         self, subjects: str, *, durable: str
