@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from yarl import URL
-
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
 
 
 def route(subject: str, prefix: str, target: str = "http://127.0.0.1:9000") -> Route:
     return Route(subject=subject, prefix=normalize_prefix(prefix), url_prefix=prefix,
-                 target=target, user="alice", server="", site="", seq=1,
-                 target_url=URL(target))
+                 target=target, user="alice", server="", site="", seq=1)
 
 
 def test_longest_prefix_wins() -> None:
