@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from nats.js import api as jsapi
 
 from fedhub.events.bulk import bulk_read
@@ -13,7 +14,8 @@ from fedhub.schemas.subjects import STREAM
 from tests.support.services import nats_server
 
 
-async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["own connection", "nats-py"])
+async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path, direct: bool) -> None:
     with nats_server(tmp_path) as url:
         store = await JetStreamStore.connect(url)
         try:
@@ -24,8 +26,9 @@ async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path) -> None:
                     seqs[subject] = await store.append_raw(subject, f"{round_}:{i}".encode())
             cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
             nc, js = store._nc, store._js
-            batches = [b async for b in bulk_read(nc, js, STREAM, "fedhub.route.>", cfg,
-                                                  batch=7)]
+            batches = [b async for b in bulk_read(
+                nc, js, STREAM, "fedhub.route.>", cfg, batch=7,
+                direct=nc.connected_url if direct else None)]
             assert [len(b) for b in batches] == [7, 7, 7, 4]
             items = [item for b in batches for item in b]
             assert [seq for seq, _ in items] == sorted(seqs.values())

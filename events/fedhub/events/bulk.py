@@ -1,18 +1,20 @@
-"""Reading many messages from JetStream quickly: an ephemeral pull consumer, drained by
-a plain subscription callback in batches.
+"""Reading many messages from JetStream quickly: an ephemeral pull consumer, drained in
+batches over a connection of its own (fedhub.events.wire) or, where that cannot log in,
+through one nats-py subscription callback.
 
 nats-py's ``fetch`` starts a timed wait (a task) and parses the metadata of every
 message; for a rebuild of 100,000 routes that cost more than everything else together.
-Here one callback per message only splits the reply subject for the two numbers needed,
-and the next batch is requested before the current one is handed out, so the server
-sends while the caller folds. Memory stays bounded by two batches.
+Either way here, the next batch is requested before the current one is handed out, so
+the server sends while the caller folds. Memory stays bounded by two batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator
+from urllib.parse import ParseResult
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -22,21 +24,13 @@ from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
 from fedhub.events.errors import StoreUnavailable
+from fedhub.events.wire import WireError, WireReader, ack_numbers
+
+log = logging.getLogger(__name__)
 
 BATCH = 2048
 _TIMEOUT = 5.0
 _MAX_STALLS = 3
-
-
-def ack_numbers(reply: str) -> tuple[int, int] | None:
-    """(stream sequence, messages pending after this one) from a JetStream ack subject,
-    in either layout (``$JS.ACK.<stream>...`` or the domain form); None otherwise."""
-    tokens = reply.split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[8])
-    if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[7]), int(tokens[10])
-    return None
 
 
 class _Batches:
@@ -69,10 +63,11 @@ class _Batches:
 
 async def bulk_read(
     nc: Client, js: JetStreamContext, stream: str, subjects: str,
-    config: jsapi.ConsumerConfig, batch: int = BATCH,
+    config: jsapi.ConsumerConfig, batch: int = BATCH, direct: ParseResult | None = None,
 ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
     """``(stream sequence, data)`` of what the consumer ``config`` over ``subjects`` holds
-    now, in order, in lists of at most ``batch``. Raises StoreUnavailable."""
+    now, in order, in lists of at most ``batch``; over a connection of its own to
+    ``direct`` when given and possible. Raises StoreUnavailable."""
     config.filter_subject = subjects
     config.ack_policy = jsapi.AckPolicy.NONE
     config.inactive_threshold = 60.0  # dropped by the server if we vanish mid-read
@@ -93,6 +88,16 @@ async def bulk_read(
 
     try:
         pending = int(info.num_pending or 0)
+        wire = await _wire(direct, nc) if pending and direct is not None else None
+        if wire is not None:
+            try:
+                async for items in wire.pull(next_subject, nc.new_inbox(), pending, batch):
+                    yield items
+            except WireError as exc:
+                raise StoreUnavailable(f"reading {subjects} failed: {exc}") from exc
+            finally:
+                wire.close()
+            return
         stalls = 0
         if pending:
             await request(min(batch, pending))
@@ -124,3 +129,11 @@ async def bulk_read(
             await js.delete_consumer(stream, info.name)
         except (TimeoutError, NatsError, NotFoundError):
             pass
+
+
+async def _wire(url: ParseResult, nc: Client) -> WireReader | None:
+    try:
+        return await WireReader.open(url, f"{nc.options.get('name') or 'fedhub'}-bulk")
+    except WireError as exc:
+        log.info("bulk read through nats-py: %s", exc)
+        return None

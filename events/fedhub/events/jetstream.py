@@ -69,10 +69,13 @@ class JetStreamStore:
     """EventStore backed by a NATS JetStream stream; see EventStore for the contract."""
 
     def __init__(self, nc: Client, js: JetStreamContext, stream: str = STREAM,
-                 bounded_reads: bool = True) -> None:
+                 bounded_reads: bool = True, direct_reads: bool = False) -> None:
         self._nc = nc
         self._js = js
         self._stream = stream
+        # Bulk reads may open a connection of their own (fedhub.events.wire): only when
+        # the URL alone logs in, i.e. no credentials file.
+        self._direct_reads = direct_reads
         # Pull consumers keep long reads (audit, rebuilds) in flat memory, but fetching
         # needs permission on the consumer's random name, which a site's credential cannot
         # be given without letting it fetch from every consumer; sites read their few
@@ -116,7 +119,8 @@ class JetStreamStore:
         except (NatsError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
                                    f"{str(exc) or 'no answer in time'}") from exc
-        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads)
+        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads,
+                    direct_reads=credentials is None)
         if create_streams:
             await store.ensure_streams(replicas=replicas)
         return store
@@ -331,7 +335,9 @@ class JetStreamStore:
             async for msg in self._ordered_msgs(subjects, cfg, until_caught_up=True):
                 yield int(msg.metadata.sequence.stream), msg.data
             return
-        async for batch in bulk_read(self._nc, self._js, self._stream, subjects, cfg):
+        direct = self._nc.connected_url if self._direct_reads else None
+        async for batch in bulk_read(self._nc, self._js, self._stream, subjects, cfg,
+                                     direct=direct):
             for item in batch:
                 yield item
 
