@@ -38,17 +38,22 @@ def fold_route(state: ProxyState, seq: int, data: bytes) -> None:
     """Fold the route event ``data`` (stored at ``seq``) into ``state``; never raises."""
     if seq > state.seq:
         state.seq = seq
-    fields = raw.loads(data)
-    if (fields is not None and fields["version"] == RouteAdded.VERSION
-            and fields["kid"] is not None and fields["signature"] is not None
-            and fields["subject"].startswith(ROUTES)):
-        if fields["type"] == RouteAdded.TYPE:
-            route = _plain_route(fields["subject"], seq, fields["data"])
-            if route is not None:
-                state.routes.add_unchecked(route, data)
-                return
-        elif fields["type"] == RouteRemoved.TYPE and not state.routes.announced(fields["subject"]):
-            return  # removes nothing, whoever signed it
+    try:
+        fields = raw.loads(data)
+        if (fields is not None and fields["version"] == RouteAdded.VERSION
+                and fields["kid"] is not None and fields["signature"] is not None
+                and fields["subject"].startswith(ROUTES)):
+            subject = fields["subject"]
+            if fields["type"] == RouteAdded.TYPE:
+                route = _plain_route(subject, seq, fields["data"])
+                if route is not None:
+                    state.routes.add_unchecked(route, data)
+                    return
+            elif fields["type"] == RouteRemoved.TYPE and not state.routes.announced(subject):
+                return  # removes nothing, whoever signed it
+    except Exception:  # a bug here must not stop the rebuild; the event is not used
+        log.exception("skipping message %d", seq)
+        return
     _reference(state, seq, data)
 
 

@@ -123,7 +123,9 @@ class RouteTable:
         many are left unchecked."""
         for subject in list(islice(self._unchecked, count)):
             prefix = self._by_subject.get(subject)
-            if prefix is not None:
+            if prefix is None:  # cannot happen (remove() forgets both); never loop on it
+                del self._unchecked[subject]
+            else:
                 self._passes(self._routes[prefix])
         if not self._unchecked:
             self._unchecked = {}  # a dict never shrinks: let the big one go

@@ -110,6 +110,31 @@ async def test_later_events_on_an_unchecked_subject_behave_as_before() -> None:
     assert state.routes.match("/user/carol/").target == TARGET  # type: ignore[union-attr]
 
 
+def odd_route(world: World, user: str, data: dict[str, object], **envelope: object) -> Envelope:
+    """A coordinator-signed RouteAdded for ``user`` with arbitrary data (and envelope)."""
+    env = world.route(user, TARGET).model_copy(update={"data": data, "signature": None,
+                                                      **envelope})
+    return env.model_copy(update={"signature": world.coordinator.sign(env.signing_bytes())})
+
+
+def odd_routes(world: World) -> list[Envelope]:
+    """Signed route events of shapes the fast path leaves to the reference (or rejects)."""
+    plain = {"prefix": "/user/{}/", "target": TARGET, "user": "{}", "site": "site1"}
+
+    def data(user: str, **changes: object) -> dict[str, object]:
+        return {**{k: v.format(user) for k, v in plain.items()}, **changes}
+
+    return [
+        odd_route(world, "o1", data("o1", prefix=5)),  # not a string
+        odd_route(world, "o2", data("o2", colour="red")),  # extra field: pydantic ignores it
+        odd_route(world, "o3", {"prefix": "/user/o3/", "target": TARGET}),  # no user
+        odd_route(world, "o4", data("o4"), version=2),  # another version: the reference decides
+        odd_route(world, "o5", data("o5"), traceparent="00-abc-def-01"),
+        odd_route(world, "o6", data("o6", server=None)),
+        odd_route(world, "o7", data("o7", target="http://user@host:1/")),  # yarl decides
+    ]
+
+
 @pytest.mark.parametrize("odd", [
     b"{not json",
     b'{"type": "RouteAdded"}',
@@ -127,6 +152,7 @@ async def test_fast_and_reference_rebuilds_agree(
         world.route("gus", "ftp://files:21"), world.route("hal", "http://h:99999"),
         world.route("ivy", TARGET), world.unroute("ivy"),
         *(f for _, f in forgeries(world)),
+        *odd_routes(world),
     ]
     results = []
     for store in (MemoryStore(), ReferenceStore()):
@@ -138,7 +164,8 @@ async def test_fast_and_reference_rebuilds_agree(
         results.append((sorted((r.subject, r.prefix, r.target, r.site, r.seq)
                                for r in state.routes.routes()), state.servers, state.seq))
     assert results[0] == results[1]
-    assert {r[0].split(".")[2] for r in results[0][0]} == {"alice", "bob", "dana"}
+    routed = {r[0].split(".")[2] for r in results[0][0]}
+    assert routed == {"alice", "bob", "dana", "o2", "o4", "o5", "o7"}
     assert "malformed" in caplog.text  # the odd message is logged and skipped
 
 
