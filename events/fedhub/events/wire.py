@@ -81,31 +81,40 @@ class WireReader:
     async def pull(
         self, next_subject: str, inbox: str, pending: int, batch: int
     ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
-        """``(stream sequence, payload)`` lists from the pull consumer behind
-        ``next_subject`` until nothing is pending; raises WireError."""
+        """``(stream sequence, payload)`` lists (at most ``batch`` long) from the pull
+        consumer behind ``next_subject`` until nothing is pending; raises WireError.
+
+        Two batches stay requested, so the server sends while the caller folds; what has
+        arrived is handed out before waiting for more.
+        """
         self._send(f"SUB {inbox} 1\r\n".encode())
-        wanted = self._request(next_subject, inbox, min(batch, pending))
+        in_flight = 0  # messages requested and not received yet
         items: list[tuple[int, bytes]] = []
         stalls = 0
         while pending > 0:
-            status = self._parse(items, wanted)
-            if status is None:  # need more bytes
-                await self._fill()
-                continue
-            if items:  # the request is answered, perhaps short (status 408)
-                stalls = 0
+            while in_flight < min(pending, 2 * batch):
+                in_flight += self._request(next_subject, inbox, min(batch, pending - in_flight))
+            before = len(items)
+            status = self._parse(items, batch)
+            if len(items) > before:
+                in_flight -= len(items) - before
                 pending = self._pending
-            elif status in ("404", "408"):  # nothing yet: ask again, a few times
-                stalls += 1
-                if stalls >= 3:
-                    raise WireError("reading stalled")
-            elif status != "":
-                raise WireError(f"pull request failed: status {status}")
-            if pending > 0:
-                wanted = self._request(next_subject, inbox, min(batch, pending))
+                stalls = 0
+            if status is not None:
+                if status not in ("404", "408"):
+                    raise WireError(f"pull request failed: status {status}")
+                in_flight = 0  # a request ended short: ask afresh
+                if len(items) == before:
+                    stalls += 1
+                    if stalls >= 3:
+                        raise WireError("reading stalled")
+                continue
+            full = len(items) >= batch  # else the buffer ran dry
             if items:
-                yield items  # the server already sends the next batch meanwhile
+                yield items
                 items = []
+            if not full and pending > 0:
+                await self._fill()
 
     def _request(self, next_subject: str, inbox: str, count: int) -> int:
         body = json.dumps({"batch": count, "expires": int(_TIMEOUT * 1e9)}).encode()
@@ -113,34 +122,30 @@ class WireReader:
                                                len(body), body))
         return count
 
-    def _parse(self, items: list[tuple[int, bytes]], wanted: int) -> str | None:
-        """Take what the buffer holds until the request is answered: "" once ``wanted``
-        messages (or the last pending one) are in ``items``, a status message's code, or
-        None when more bytes are needed. Synchronous: one call handles a whole chunk."""
+    def _parse(self, items: list[tuple[int, bytes]], limit: int) -> str | None:
+        """Move the complete messages in the buffer into ``items`` until it holds
+        ``limit``; return the code of a status message met on the way, None otherwise.
+        Synchronous: one call handles a whole chunk."""
         buf = self._buf
-        while True:
+        while len(items) < limit:
             pos = self._pos
             end = buf.find(b"\r\n", pos)
             if end < 0:
                 return None
             if buf.startswith(b"HMSG ", pos) or buf.startswith(b"MSG ", pos):
                 parts = buf[pos:end].split(b" ")
-                size = int(parts[-1])
-                stop = end + 2 + size
+                stop = end + 2 + int(parts[-1])
                 if len(buf) < stop + 2:
                     return None
                 self._pos = stop + 2
                 headers = parts[0] == b"HMSG"
                 if len(parts) == (5 if headers else 4):  # no reply subject: a status
-                    status = buf[end + 11:end + 14] if headers else b"?"
-                    return status.decode()
+                    return buf[end + 11:end + 14].decode() if headers else "?"
                 numbers = ack_numbers(parts[3].decode())
                 if numbers is None:
                     raise WireError("a message without a JetStream reply subject")
                 items.append((numbers[0], buf[end + 2 + (int(parts[4]) if headers else 0):stop]))
                 self._pending = numbers[1]
-                if len(items) >= wanted or numbers[1] == 0:
-                    return ""
                 continue
             line = buf[pos:end]
             self._pos = end + 2
@@ -149,6 +154,7 @@ class WireReader:
             elif line.startswith(b"-ERR"):
                 raise WireError(f"server error: {line[:200]!r}")
             # +OK, PONG, INFO updates: nothing to do
+        return None
 
     async def _line(self) -> bytes:
         while True:

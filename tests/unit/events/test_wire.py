@@ -95,6 +95,19 @@ async def test_batches_in_order_across_pieces_pings_and_short_answers(
     assert (script.connect["user"], script.connect["pass"]) == ("user", "secret")
 
 
+@pytest.mark.parametrize("server", [Script([
+    data(1, 3, b"a") + data(2, 2, b"b"),
+    data(3, 1, b"c") + data(4, 0, b"d"),
+])], indirect=True)
+async def test_two_batches_are_asked_for_before_the_first_arrives(
+    server: tuple[Script, str],
+) -> None:
+    script, url = server
+    assert await pull_all(url, pending=4, batch=2) == [[(1, b"a"), (2, b"b")],
+                                                       [(3, b"c"), (4, b"d")]]
+    assert [r["batch"] for r in script.requests] == [2, 2]
+
+
 @pytest.mark.parametrize("server", [Script([status(b"409")])], indirect=True)
 async def test_a_failed_pull_is_an_error(server: tuple[Script, str]) -> None:
     with pytest.raises(WireError, match="409"):
