@@ -85,7 +85,8 @@ def verify(raw: bytes, keyring: KeyRing, roles: frozenset[str]) -> PublicKey:
     """The key that signed the envelope in ``raw``, read as :func:`loads` reads it.
 
     Raises InvalidSignature (or MalformedEvent) when it is not signed by a key of
-    ``roles``, or when the reference decoder would read different subject or data.
+    ``roles``, or when the reference decoder would read another type, version, subject
+    or data than :func:`loads` does.
     """
     fields = loads(raw)
     if fields is not None and fields["kid"] is not None and fields["signature"] is not None:
@@ -96,6 +97,7 @@ def verify(raw: bytes, keyring: KeyRing, roles: frozenset[str]) -> PublicKey:
             pass  # maybe signed over the pydantic form of a non-canonical field: check that
     env = decode(raw)
     key = env.verify(keyring, roles)
-    if fields is not None and (env.subject != fields["subject"] or env.data != fields["data"]):
+    if fields is not None and (env.type, env.version, env.subject, env.data) != (
+            fields["type"], fields["version"], fields["subject"], fields["data"]):
         raise MalformedEvent("the reference decoder reads this event differently")
     return key
