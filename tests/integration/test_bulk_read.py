@@ -29,7 +29,8 @@ async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path, direct: 
             batches = [b async for b in bulk_read(
                 nc, js, STREAM, "fedhub.route.>", cfg, batch=7,
                 direct=nc.connected_url if direct else None)]
-            assert [len(b) for b in batches] == [7, 7, 7, 4]
+            # At most 7 per batch; fewer when the reader hands out what it has so far.
+            assert all(0 < len(b) <= 7 for b in batches)
             items = [item for b in batches for item in b]
             assert [seq for seq, _ in items] == sorted(seqs.values())
             assert {data for _, data in items} == {f"1:{i}".encode() for i in range(25)}
