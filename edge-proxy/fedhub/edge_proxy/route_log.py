@@ -2,7 +2,7 @@
 
 A fresh proxy folds the latest event of every route subject, 100,000 of them on a big
 hub. ``fold_route`` reads the common shape straight from JSON and adds the route
-unchecked, with its wire bytes as proof: the table checks the signature when the route is
+unchecked, with its proof (``proofs.pack``): the table checks the signature when the route is
 first matched (``state.check_route``), and ``check_routes`` works through the rest in the
 background. Anything else (other types or versions, unsigned events, extra or missing
 fields, unusual targets) goes through the reference fold, ``state.apply``, which decodes
@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from fedhub.edge_proxy.proofs import pack
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.state import ROUTES, ProxyState, apply, make_route
 from fedhub.events import raw
@@ -47,7 +48,7 @@ def fold_route(state: ProxyState, seq: int, data: bytes) -> None:
             if fields["type"] == RouteAdded.TYPE:
                 route = _plain_route(subject, seq, fields["data"])
                 if route is not None:
-                    state.routes.add_unchecked(route, data)
+                    state.routes.add_unchecked(route, pack(fields, route, data))
                     return
             elif fields["type"] == RouteRemoved.TYPE and not state.routes.announced(subject):
                 return  # removes nothing, whoever signed it

@@ -4,7 +4,7 @@ Prefixes are kept percent-decoded (``/user/ünïcode/``), so a request matches w
 the browser chose to encode the name; requests are looked up by their decoded path.
 
 A rebuild may add routes whose signature is not checked yet (``add_unchecked``, with the
-event's wire bytes as proof). Every way out of the table (``match``, ``get``, ``routes``)
+proof, see ``proofs``). Every way out of the table (``match``, ``get``, ``routes``)
 checks such a route first and drops it if the check fails, so an unchecked route is never
 handed to a caller; ``check_some`` lets a background task work through the rest.
 """

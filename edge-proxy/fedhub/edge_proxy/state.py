@@ -19,9 +19,9 @@ from functools import partial
 
 from yarl import URL
 
+from fedhub.edge_proxy import proofs
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
 from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
-from fedhub.events import raw
 from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
@@ -73,7 +73,7 @@ class ProxyState:
     revoked_sessions: set[str] = field(default_factory=set)
     revoked_tokens: set[str] = field(default_factory=set)
     routes: RouteTable = field(default_factory=RouteTable)
-    # Server names ever routed per user: tells "/user/a/lab/" (a path) from a named server.
+    # Named servers ever routed per user: tells "/user/a/lab/" (a path) from a named server.
     servers: dict[str, set[str]] = field(default_factory=dict)
     # Sites in an open "unreachable" episode (coordinators record them from heartbeats).
     unreachable_sites: set[str] = field(default_factory=set)
@@ -85,19 +85,26 @@ class ProxyState:
 
 
 def check_route(state: ProxyState, route: Route, proof: bytes) -> bool:
-    """True if ``proof`` (the wire bytes of the RouteAdded behind ``route``) is signed by a
-    trusted coordinator key; records the server name then. Logs and answers False
+    """True if ``proof`` (of the RouteAdded behind ``route``: see ``proofs``) is signed by
+    a trusted coordinator key; records the server name then. Logs and answers False
     otherwise; never raises."""
     try:
-        raw.verify(proof, state.keyring, COORDINATOR)
+        proofs.verify(proof, route, state.keyring, COORDINATOR)
     except EventLogError as exc:
         log.warning("dropping route of event %d (%s): %s", route.seq, route.subject, exc)
         return False
     except Exception:  # a bug here must not take the proxy down; the route is not served
         log.exception("dropping route of event %d (%s)", route.seq, route.subject)
         return False
-    state.servers.setdefault(route.user, set()).add(route.server)
+    record_server(state, route.user, route.server)
     return True
+
+
+def record_server(state: ProxyState, user: str, server: str) -> None:
+    """Remember that ``user`` has a server named ``server``. The default server ("") is
+    never looked up, and a set per user for it alone cost ~250 bytes per route."""
+    if server:
+        state.servers.setdefault(user, set()).add(server)
 
 
 def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
@@ -141,7 +148,7 @@ def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> 
         if not event.subject.startswith(ROUTES):
             raise ValueError(f"RouteAdded outside {ROUTES}>")
         state.routes.add(route_of(event.subject, stored.seq, payload))
-        state.servers.setdefault(payload.user, set()).add(payload.server)
+        record_server(state, payload.user, payload.server)
     elif isinstance(payload, RouteRemoved):
         state.routes.remove(event.subject)
     elif isinstance(payload, SiteUnreachable):

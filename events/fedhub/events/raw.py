@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+from pydantic import ValidationError
 
 from fedhub.events.envelope import Envelope, decode
 from fedhub.events.errors import EventLogError, MalformedEvent
@@ -89,15 +90,30 @@ def verify(raw: bytes, keyring: KeyRing, roles: frozenset[str]) -> PublicKey:
     or data than :func:`loads` does.
     """
     fields = loads(raw)
-    if fields is not None and fields["kid"] is not None and fields["signature"] is not None:
+    if fields is None:
+        return decode(raw).verify(keyring, roles)
+    return verify_fields(fields, keyring, roles, raw)
+
+
+def verify_fields(fields: dict[str, Any], keyring: KeyRing, roles: frozenset[str],
+                  raw: bytes | None = None) -> PublicKey:
+    """Like :func:`verify`, for an envelope already read by :func:`loads` (from ``raw``,
+    if the caller still has it)."""
+    if fields["kid"] is not None and fields["signature"] is not None:
         try:
             return keyring.verify(fields["kid"], signing_bytes(fields), fields["signature"],
                                   roles)
         except EventLogError:
             pass  # maybe signed over the pydantic form of a non-canonical field: check that
-    env = decode(raw)
+    if raw is not None:
+        env = decode(raw)
+    else:
+        try:
+            env = Envelope.model_validate(fields)
+        except ValidationError as exc:
+            raise MalformedEvent(f"not an envelope: {exc.errors()[0]['msg']}") from exc
     key = env.verify(keyring, roles)
-    if fields is not None and (env.type, env.version, env.subject, env.data) != (
+    if (env.type, env.version, env.subject, env.data) != (
             fields["type"], fields["version"], fields["subject"], fields["data"]):
         raise MalformedEvent("the reference decoder reads this event differently")
     return key

@@ -70,7 +70,7 @@ async def test_forged_routes_are_never_served_during_or_after_the_lazy_phase() -
     await check_routes(state)
     assert state.routes.unchecked == 0
     assert sorted(r.user + "/" + r.server for r in state.routes.routes()) == ["alice/", "f1/gpu"]
-    assert state.servers == {"alice": {""}, "f1": {"gpu"}}
+    assert state.servers == {"f1": {"gpu"}}  # named servers of checked routes only
 
 
 async def test_background_check_drops_forgeries_before_anyone_asks(

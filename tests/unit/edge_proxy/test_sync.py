@@ -85,8 +85,8 @@ async def test_follow_checks_the_rebuilt_routes_in_the_background() -> None:
     store = MemoryStore()
     for env in world.keys():
         await store.append(env)
-    await store.append(world.route("alice", "http://h:1"))
-    await store.append(world.route("mallory", "http://evil:1", signer=world.agent))
+    await store.append(world.route("alice", "http://h:1", server="lab"))
+    await store.append(world.route("mallory", "http://evil:1", server="x", signer=world.agent))
     state = ProxyState()
     start = await rebuild(store, state)
     assert state.routes.unchecked == 2
@@ -98,7 +98,7 @@ async def test_follow_checks_the_rebuilt_routes_in_the_background() -> None:
             await asyncio.sleep(0.01)
         # Nobody asked for a route: the follower checked them, and dropped the forgery.
         assert state.routes.unchecked == 0 and len(state.routes) == 1
-        assert state.servers == {"alice": {""}}
+        assert state.servers == {"alice": {"lab"}}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
