@@ -6,6 +6,9 @@ would make a rebuild quadratic. That is safe because the proxy is single-threade
 and ``apply`` never awaits, so a request handler never sees a half-applied event.
 Events it cannot use (malformed, unknown, unsigned, signed by a key without the right
 role) are logged and skipped; ``apply`` never raises on the log's content.
+
+``apply`` is also the reference for the rebuild's fast path (``route_log``), which adds
+routes whose signatures ``check_route`` checks later, before they are first served.
 """
 
 from __future__ import annotations
