@@ -23,7 +23,7 @@ _MAX_SHAPES = 256  # the index is one byte
 # (actor, kid, traceparent) combinations, shared by every proof of this process:
 # append-only, so an index never changes meaning.
 _shapes: list[tuple[str, str, str | None]] = []
-_shape_index: dict[tuple[str, str, str | None], int] = {}
+_shape_lead: dict[tuple[str, str, str | None], bytes] = {}  # -> NUL and its index
 
 
 def pack(fields: dict[str, Any], route: Route, data: bytes) -> bytes:
@@ -35,19 +35,19 @@ def pack(fields: dict[str, Any], route: Route, data: bytes) -> bytes:
             or fields["subject"] != route.subject or fields["kid"] is None):
         return data
     shape = (fields["actor"], fields["kid"], fields["traceparent"])
-    index = _shape_index.get(shape)
-    if index is None:
+    lead = _shape_lead.get(shape)
+    if lead is None:
         if len(_shapes) >= _MAX_SHAPES:
             return data
-        index = _shape_index[shape] = len(_shapes)
+        lead = _shape_lead[shape] = bytes((0, len(_shapes)))
         _shapes.append(shape)
     signature: str = fields["signature"]
     if not signature.isascii() or "\0" in signature:
         return data
     # Time and signature are ASCII without NUL (raw.loads checked the time's form); the
-    # id, which could be anything, goes last.
-    return b"\0%c%s\0%s\0%s" % (index, signature.encode(), fields["time"].encode(),
-                                 fields["id"].encode())
+    # id, which could be anything, goes last. (join: one allocation, cheaper than %.)
+    return b"\0".join((lead + signature.encode(), fields["time"].encode(),
+                       fields["id"].encode()))
 
 
 def unpack(proof: bytes, route: Route) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from yarl import URL
 
 from fedhub.edge_proxy import proofs
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
-from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
+from fedhub.edge_proxy.tunnel_target import PREFIX as TUNNEL_PREFIX
+from fedhub.edge_proxy.tunnel_target import parse_target
 from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
@@ -175,8 +176,8 @@ def make_route(subject: str, seq: int, prefix: str, target: str, user: str, serv
 
     Strings many routes share (site, target) are interned: one copy for all of them.
     """
-    stripped = target.rstrip("/")
-    if is_tunnel(stripped):
+    stripped = target.rstrip("/") if target.endswith("/") else target
+    if stripped.startswith(TUNNEL_PREFIX):
         # Only a site's own tunnel may carry its servers: never route site A into site B.
         if parse_target(stripped).site != site:
             raise ValueError(f"route target {target!r} is not a tunnel of site {site!r}")
@@ -186,7 +187,9 @@ def make_route(subject: str, seq: int, prefix: str, target: str, user: str, serv
             raise ValueError(f"route target {target!r} is not an http(s) URL")
     return Route(
         subject=subject,
-        prefix=normalize_prefix(prefix),
+        # The usual prefix is one normalize_prefix returns unchanged: skip the call.
+        prefix=prefix if (prefix.endswith("/") and prefix.startswith("/") and "%" not in prefix)
+        else normalize_prefix(prefix),
         url_prefix=prefix,
         target=sys.intern(stripped),
         user=user,

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from fedhub.edge_proxy.route_log import check_routes
-from fedhub.edge_proxy.state import _PLAIN_TARGET, ProxyState, apply
+from fedhub.edge_proxy.routes import normalize_prefix
+from fedhub.edge_proxy.state import _PLAIN_TARGET, ProxyState, apply, make_route
 from fedhub.edge_proxy.sync import rebuild
 from fedhub.events.envelope import Envelope
 from fedhub.events.memory import MemoryStore
@@ -175,3 +176,9 @@ def test_targets_taken_without_parsing_are_ones_yarl_accepts(target: str) -> Non
     if port is None or int(port) <= 65535:
         url = URL(target)
         assert url.scheme in ("http", "https") and url.host
+
+
+@given(st.text())
+def test_route_prefixes_are_normalized_however_they_are_built(prefix: str) -> None:
+    route = make_route("fedhub.route.a._", 1, prefix, TARGET, "a", "", "site1")
+    assert route.prefix == normalize_prefix(prefix) and route.url_prefix == prefix
