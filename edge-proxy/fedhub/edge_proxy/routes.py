@@ -2,14 +2,30 @@
 
 Prefixes are kept percent-decoded (``/user/ünïcode/``), so a request matches whichever way
 the browser chose to encode the name; requests are looked up by their decoded path.
+
+A rebuild may add routes whose signature is not checked yet (``add_unchecked``, with the
+proof, see ``proofs``). Every way out of the table (``match``, ``get``, ``routes``)
+checks such a route first and drops it if the check fails, so an unchecked route is never
+handed to a caller; ``check_some`` lets a background task work through the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
 from urllib.parse import unquote
 
 from yarl import URL
+
+# Checks an unchecked route against its proof; True if it may be served. Never raises.
+Checker = Callable[["Route", bytes], bool]
+
+
+@lru_cache(maxsize=4096)
+def _parse(target: str) -> URL:
+    return URL(target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +40,12 @@ class Route:
     server: str
     site: str
     seq: int  # stream sequence of the RouteAdded event
-    target_url: URL  # parsed once, reused for every request
+
+    @property
+    def target_url(self) -> URL:
+        """``target`` parsed; parsed on first use and shared by routes to one target
+        (not kept per route: 100,000 URL objects would double the table's memory)."""
+        return _parse(self.target)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -42,23 +63,40 @@ class RouteTable:
     a later RouteAdded on that subject replaces it, a RouteRemoved on it removes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checker: Checker | None = None) -> None:
         self._routes: dict[str, Route] = {}
         self._by_subject: dict[str, str] = {}  # route subject -> prefix it added
+        self._unchecked: dict[str, bytes] = {}  # route subject -> proof, until checked
+        self.checker = checker
         # How many prefixes have each depth ("/" count): deeper path boundaries cannot match.
         self._depths: dict[int, int] = {}
         self._max_depth = 0
 
     def __len__(self) -> int:
+        """How many routes the table holds, counting those not checked yet."""
         return len(self._routes)
 
+    def announced(self, subject: str) -> bool:
+        """True if the table holds a route (checked or not) announced on ``subject``."""
+        return subject in self._by_subject
+
+    @property
+    def unchecked(self) -> int:
+        """How many routes still wait for their signature check."""
+        return len(self._unchecked)
+
     def routes(self) -> list[Route]:
-        """Every route, in no particular order."""
+        """Every route (each checked first), in no particular order."""
+        while self.check_some(1024):
+            pass
         return list(self._routes.values())
 
     def get(self, prefix: str) -> Route | None:
         """The route with exactly this (decoded or encoded) prefix, or None."""
-        return self._routes.get(normalize_prefix(prefix))
+        route = self._routes.get(normalize_prefix(prefix))
+        if route is not None and self._unchecked and not self._passes(route):
+            return None
+        return route
 
     def add(self, route: Route) -> None:
         """Add or replace the route of ``route.subject`` (idempotent)."""
@@ -66,6 +104,44 @@ class RouteTable:
         displaced = self._routes.get(route.prefix)
         if displaced is not None:  # another subject claimed this prefix before: last wins
             self.remove(displaced.subject)
+        self._insert(route)
+
+    def add_unchecked(self, route: Route, proof: bytes) -> None:
+        """Like ``add``, for a route whose signature is checked later (by the checker,
+        given ``proof``). One that would replace or displace a route is checked now: a
+        forged event must neither take a prefix nor end a genuine route, so dropping it
+        later leaves the table as if it had never come."""
+        if route.subject in self._by_subject or route.prefix in self._routes:
+            if self.checker is not None and self.checker(route, proof):
+                self.add(route)
+            return
+        self._insert(route)
+        self._unchecked[route.subject] = proof
+
+    def check_some(self, count: int) -> int:
+        """Check up to ``count`` unchecked routes, dropping those that fail; return how
+        many are left unchecked."""
+        for subject in list(islice(self._unchecked, count)):
+            prefix = self._by_subject.get(subject)
+            if prefix is None:  # cannot happen (remove() forgets both); never loop on it
+                del self._unchecked[subject]
+            else:
+                self._passes(self._routes[prefix])
+        if not self._unchecked:
+            self._unchecked = {}  # a dict never shrinks: let the big one go
+        return len(self._unchecked)
+
+    def _passes(self, route: Route) -> bool:
+        """Check ``route`` if it is unchecked; False (and dropped) if it fails."""
+        proof = self._unchecked.pop(route.subject, None)
+        if proof is None:
+            return True
+        if self.checker is not None and self.checker(route, proof):
+            return True
+        self.remove(route.subject)
+        return False
+
+    def _insert(self, route: Route) -> None:
         self._routes[route.prefix] = route
         self._by_subject[route.subject] = route.prefix
         depth = route.prefix.count("/")
@@ -77,6 +153,7 @@ class RouteTable:
         prefix = self._by_subject.pop(subject, None)
         if prefix is None:
             return None
+        self._unchecked.pop(subject, None)
         route = self._routes.pop(prefix)
         depth = prefix.count("/")
         self._depths[depth] -= 1
@@ -90,6 +167,12 @@ class RouteTable:
 
         ``/user/alice`` (no trailing slash) matches the prefix ``/user/alice/``.
         """
+        route = self._match(path)
+        while route is not None and self._unchecked and not self._passes(route):
+            route = self._match(path)  # that one was forged: as if it had never been added
+        return route
+
+    def _match(self, path: str) -> Route | None:
         routes = self._routes
         if not routes:
             return None

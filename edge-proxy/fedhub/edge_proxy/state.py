@@ -6,18 +6,26 @@ would make a rebuild quadratic. That is safe because the proxy is single-threade
 and ``apply`` never awaits, so a request handler never sees a half-applied event.
 Events it cannot use (malformed, unknown, unsigned, signed by a key without the right
 role) are logged and skipped; ``apply`` never raises on the log's content.
+
+``apply`` is also the reference for the rebuild's fast path (``route_log``), which adds
+routes whose signatures ``check_route`` checks later, before they are first served.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from yarl import URL
 
+from fedhub.edge_proxy import proofs
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
-from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
+from fedhub.edge_proxy.tunnel_target import PREFIX as TUNNEL_PREFIX
+from fedhub.edge_proxy.tunnel_target import parse_target
 from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
@@ -46,6 +54,9 @@ TOKENS = "fedhub.token."
 ROUTES = "fedhub.route."
 SITES = "fedhub.site."
 _WATCHED = (KEYS, USERS, LOGINS, TOKENS, ROUTES, SITES)
+# The usual target, http(s)://host[:port], accepted without parsing it; anything else
+# (IPv6, user info, paths) goes through yarl.
+_PLAIN_TARGET = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:(\d{1,5}))?\Z")
 
 
 @dataclass(slots=True)
@@ -66,11 +77,38 @@ class ProxyState:
     revoked_sessions: set[str] = field(default_factory=set)
     revoked_tokens: set[str] = field(default_factory=set)
     routes: RouteTable = field(default_factory=RouteTable)
-    # Server names ever routed per user: tells "/user/a/lab/" (a path) from a named server.
+    # Named servers ever routed per user: tells "/user/a/lab/" (a path) from a named server.
     servers: dict[str, set[str]] = field(default_factory=dict)
     # Sites in an open "unreachable" episode (coordinators record them from heartbeats).
     unreachable_sites: set[str] = field(default_factory=set)
     seq: int = 0
+
+    def __post_init__(self) -> None:
+        # Routes a rebuild adds unchecked are checked against our keyring when first used.
+        self.routes.checker = partial(check_route, self)
+
+
+def check_route(state: ProxyState, route: Route, proof: bytes) -> bool:
+    """True if ``proof`` (of the RouteAdded behind ``route``: see ``proofs``) is signed by
+    a trusted coordinator key; records the server name then. Logs and answers False
+    otherwise; never raises."""
+    try:
+        proofs.verify(proof, route, state.keyring, COORDINATOR)
+    except EventLogError as exc:
+        log.warning("dropping route of event %d (%s): %s", route.seq, route.subject, exc)
+        return False
+    except Exception:  # a bug here must not take the proxy down; the route is not served
+        log.exception("dropping route of event %d (%s)", route.seq, route.subject)
+        return False
+    record_server(state, route.user, route.server)
+    return True
+
+
+def record_server(state: ProxyState, user: str, server: str) -> None:
+    """Remember that ``user`` has a server named ``server``. The default server ("") is
+    never looked up, and a set per user for it alone cost ~250 bytes per route."""
+    if server:
+        state.servers.setdefault(user, set()).add(server)
 
 
 def apply(state: ProxyState, stored: StoredEvent) -> ProxyState:
@@ -114,7 +152,7 @@ def _apply_payload(state: ProxyState, stored: StoredEvent, payload: Payload) -> 
         if not event.subject.startswith(ROUTES):
             raise ValueError(f"RouteAdded outside {ROUTES}>")
         state.routes.add(route_of(event.subject, stored.seq, payload))
-        state.servers.setdefault(payload.user, set()).add(payload.server)
+        record_server(state, payload.user, payload.server)
     elif isinstance(payload, RouteRemoved):
         state.routes.remove(event.subject)
     elif isinstance(payload, SiteUnreachable):
@@ -128,23 +166,34 @@ def route_of(subject: str, seq: int, payload: RouteAdded) -> Route:
 
     Targets are ``http(s)://host:port`` or ``tunnel://<site>/<server-key>``.
     """
-    target = payload.target.rstrip("/")
-    url = URL(target)
-    if is_tunnel(target):
+    return make_route(subject, seq, payload.prefix, payload.target, payload.user,
+                      payload.server, payload.site)
+
+
+def make_route(subject: str, seq: int, prefix: str, target: str, user: str, server: str,
+               site: str) -> Route:
+    """The table entry for these RouteAdded fields; raises ValueError on an unusable target.
+
+    Strings many routes share (site, target) are interned: one copy for all of them.
+    """
+    stripped = target.rstrip("/") if target.endswith("/") else target
+    if stripped.startswith(TUNNEL_PREFIX):
         # Only a site's own tunnel may carry its servers: never route site A into site B.
-        if parse_target(target).site != payload.site:
-            raise ValueError(f"route target {payload.target!r} is not a tunnel of site "
-                             f"{payload.site!r}")
-    elif url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"route target {payload.target!r} is not an http(s) URL")
+        if parse_target(stripped).site != site:
+            raise ValueError(f"route target {target!r} is not a tunnel of site {site!r}")
+    elif (plain := _PLAIN_TARGET.match(stripped)) is None or int(plain[2] or 0) > 65535:
+        url = URL(stripped)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"route target {target!r} is not an http(s) URL")
     return Route(
         subject=subject,
-        prefix=normalize_prefix(payload.prefix),
-        url_prefix=payload.prefix,
-        target=target,
-        user=payload.user,
-        server=payload.server,
-        site=payload.site,
+        # The usual prefix is one normalize_prefix returns unchanged: skip the call.
+        prefix=prefix if (prefix.endswith("/") and prefix.startswith("/") and "%" not in prefix)
+        else normalize_prefix(prefix),
+        url_prefix=prefix,
+        target=sys.intern(stripped),
+        user=user,
+        server=server,
+        site=sys.intern(site),
         seq=seq,
-        target_url=url,
     )

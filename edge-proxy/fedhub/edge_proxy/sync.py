@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
 
+from fedhub.edge_proxy.route_log import check_routes, fold_route
 from fedhub.edge_proxy.state import ProxyState, apply
 from fedhub.events.envelope import derived_id, new_event
 from fedhub.events.errors import EventLogError
+from fedhub.events.raw import RawReader
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore
 from fedhub.schemas import subjects
@@ -38,7 +41,9 @@ async def rebuild(store: EventStore, state: ProxyState) -> int:
     """Fold the current state of the log into ``state``; return where to follow from.
 
     Keys first (everything else is checked against them), then users, every logout and
-    token revocation, and the latest event of every route. Raises StoreUnavailable.
+    token revocation, and the latest event of every route. Route signatures may be left
+    for ``follow`` to check (the table checks any route before it is used). Raises
+    StoreUnavailable.
     """
     last = await store.last_seq()
     keys = await store.latest_per_subject("fedhub.key.>")
@@ -52,8 +57,13 @@ async def rebuild(store: EventStore, state: ProxyState) -> int:
         async with aclosing(store.read(family)) as events:
             async for stored in events:
                 apply(state, stored)
-    for stored in await store.latest_per_subject("fedhub.route.>"):
-        apply(state, stored)
+    if isinstance(store, RawReader):  # the fast path: see route_log
+        async with aclosing(store.latest_raw("fedhub.route.>")) as raw_events:
+            async for seq, data in raw_events:
+                fold_route(state, seq, data)
+    else:
+        for stored in await store.latest_per_subject("fedhub.route.>"):
+            apply(state, stored)
     for stored in await store.latest_per_subject("fedhub.site.*"):
         apply(state, stored)  # open health episodes
     state.seq = max(state.seq, last)
@@ -67,7 +77,26 @@ async def follow(
     on_change: Callable[[], None] | None = None,
     retry: float = 1.0,
 ) -> None:
-    """Apply every event from ``start`` on, forever; resume after store failures."""
+    """Apply every event from ``start`` on, forever; resume after store failures.
+
+    Meanwhile, check the routes ``rebuild`` left unchecked, in the background.
+    """
+    checker = asyncio.create_task(check_routes(state), name="edge-check-routes")
+    try:
+        await _follow(store, state, start, on_change, retry)
+    finally:
+        checker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checker
+
+
+async def _follow(
+    store: EventStore,
+    state: ProxyState,
+    start: int,
+    on_change: Callable[[], None] | None,
+    retry: float,
+) -> None:
     position = start
     while True:
         try:

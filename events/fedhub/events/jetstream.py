@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
+from fedhub.events.bulk import bulk_read
 from fedhub.events.envelope import Envelope, decode
 from fedhub.events.errors import (
     ConcurrencyError,
@@ -68,10 +69,13 @@ class JetStreamStore:
     """EventStore backed by a NATS JetStream stream; see EventStore for the contract."""
 
     def __init__(self, nc: Client, js: JetStreamContext, stream: str = STREAM,
-                 bounded_reads: bool = True) -> None:
+                 bounded_reads: bool = True, direct_reads: bool = False) -> None:
         self._nc = nc
         self._js = js
         self._stream = stream
+        # Bulk reads may open a connection of their own (fedhub.events.wire): only when
+        # the URL alone logs in, i.e. no credentials file.
+        self._direct_reads = direct_reads
         # Pull consumers keep long reads (audit, rebuilds) in flat memory, but fetching
         # needs permission on the consumer's random name, which a site's credential cannot
         # be given without letting it fetch from every consumer; sites read their few
@@ -115,7 +119,8 @@ class JetStreamStore:
         except (NatsError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
                                    f"{str(exc) or 'no answer in time'}") from exc
-        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads)
+        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads,
+                    direct_reads=credentials is None)
         if create_streams:
             await store.ensure_streams(replicas=replicas)
         return store
@@ -204,6 +209,15 @@ class JetStreamStore:
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
     ) -> AsyncGenerator[StoredEvent, None]:
+        """Decoded events of :meth:`_ordered_msgs`; malformed ones are logged and skipped."""
+        async for msg in self._ordered_msgs(subjects, config, until_caught_up=until_caught_up):
+            item = self._decoded(msg)
+            if item is not None:
+                yield item
+
+    async def _ordered_msgs(
+        self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
+    ) -> AsyncGenerator[Msg, None]:
         """An ordered (flow-controlled, gap-free) push consumer over ``subjects``.
 
         The consumer is named, so the server sees the filter in the API subject and can
@@ -236,9 +250,7 @@ class JetStreamStore:
                     msg = await sub.next_msg(timeout=None)
                 except NatsTimeout:
                     continue
-                item = self._decoded(msg)
-                if item is not None:
-                    yield item
+                yield msg
                 if until_caught_up and msg.metadata.num_pending == 0:
                     return
         finally:
@@ -315,6 +327,19 @@ class JetStreamStore:
         if not self._bounded_reads:
             return [i async for i in self._ordered(subjects, cfg, until_caught_up=True)]
         return [item async for item in self._pulled(subjects, cfg)]
+
+    async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
+        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded."""
+        cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
+        if not self._bounded_reads:
+            async for msg in self._ordered_msgs(subjects, cfg, until_caught_up=True):
+                yield int(msg.metadata.sequence.stream), msg.data
+            return
+        direct = self._nc.connected_url if self._direct_reads else None
+        async for batch in bulk_read(self._nc, self._js, self._stream, subjects, cfg,
+                                     direct=direct):
+            for item in batch:
+                yield item
 
     async def consume(
         self, subjects: str, *, durable: str

@@ -127,6 +127,12 @@ class MemoryStore:
                 out.append(item)
         return out
 
+    async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
+        """See fedhub.events.raw.RawReader: latest message per subject, undecoded."""
+        seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
+        for seq in seqs:
+            yield seq, self._messages[seq - 1].data
+
     async def consume(
         self, subjects: str, *, durable: str
     ) -> AsyncGenerator[_MemoryDelivery, None]:

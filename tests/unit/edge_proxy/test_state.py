@@ -58,7 +58,15 @@ def test_route_added_replaced_removed(world: World, state: ProxyState) -> None:
     assert state.routes.match("/user/alice/").target == "http://10.0.0.6:9999"  # type: ignore[union-attr]
     fold([world.unroute("alice")], state)
     assert state.routes.match("/user/alice/") is None
-    assert state.servers["alice"] == {""}
+    assert "alice" not in state.servers  # only named servers are remembered
+
+
+def test_named_servers_are_remembered_after_their_route_ends(
+    world: World, state: ProxyState
+) -> None:
+    fold([world.route("alice", TARGET), world.route("alice", "http://gpu:1", server="gpu"),
+          world.unroute("alice", "gpu")], state)
+    assert state.servers == {"alice": {"gpu"}}
 
 
 def test_named_server_is_the_longer_prefix(world: World, state: ProxyState) -> None:

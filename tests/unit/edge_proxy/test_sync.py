@@ -78,3 +78,27 @@ async def test_follow_resumes_after_a_store_failure() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_follow_checks_the_rebuilt_routes_in_the_background() -> None:
+    world = World()
+    store = MemoryStore()
+    for env in world.keys():
+        await store.append(env)
+    await store.append(world.route("alice", "http://h:1", server="lab"))
+    await store.append(world.route("mallory", "http://evil:1", server="x", signer=world.agent))
+    state = ProxyState()
+    start = await rebuild(store, state)
+    assert state.routes.unchecked == 2
+    task = asyncio.create_task(follow(store, state, start, retry=0.01))
+    try:
+        for _ in range(100):
+            if not state.routes.unchecked:
+                break
+            await asyncio.sleep(0.01)
+        # Nobody asked for a route: the follower checked them, and dropped the forgery.
+        assert state.routes.unchecked == 0 and len(state.routes) == 1
+        assert state.servers == {"alice": {"lab"}}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -10,6 +10,7 @@ import pytest
 
 from fedhub.events.envelope import new_event
 from fedhub.events.errors import ConcurrencyError, ConsumerMismatch
+from fedhub.events.raw import RawReader
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import subjects
@@ -108,6 +109,20 @@ class EventStoreContract:
         s3 = await store.append(created("l2"))
         latest = await store.latest_per_subject("fedhub.user.>")
         assert [(e.seq, e.event.type) for e in latest] == [(s2, "UserUpdated"), (s3, "UserCreated")]
+
+    async def test_latest_raw_is_latest_per_subject_undecoded(self, store: EventStore) -> None:
+        await store.append(created("r1"))
+        await store.append(created("r2"))
+        bad = await store.append_raw(subjects.user("r1"), b"{not json")
+        await store.append(created("r3"))
+        decoded = [(e.seq, e.event.encode()) for e in await store.latest_per_subject(
+            "fedhub.user.>")]
+        assert isinstance(store, RawReader)
+        raw = [item async for item in store.latest_raw("fedhub.user.>")]
+        assert [item[0] for item in raw] == sorted([bad, *(seq for seq, _ in decoded)])
+        assert [item for item in raw if item[0] != bad] == decoded
+        assert (bad, b"{not json") in raw
+        assert [item async for item in store.latest_raw("fedhub.route.>")] == []
 
     async def test_follow_replays_then_goes_live(self, store: EventStore) -> None:
         s1 = await store.append(created("f1"))
