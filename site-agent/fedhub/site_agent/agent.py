@@ -7,6 +7,7 @@ servers is also in the log, so a restarted agent re-adopts them (see adoption.py
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
@@ -35,6 +36,7 @@ from fedhub.site_agent.commands import AckOnce, spec_from_command
 from fedhub.site_agent.errors import BackendError, InvalidCommand
 from fedhub.site_agent.heartbeat import beat_forever
 from fedhub.site_agent.keys import TrustedKeysFile
+from fedhub.site_agent.lanes import Lanes
 from fedhub.site_agent.publisher import Publisher
 from fedhub.site_agent.servers import ServerRecord, Stage
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -148,12 +150,22 @@ class SiteAgent:
 
     async def _consume(self) -> None:
         durable = f"agent-{subject_token(self.site)}"
-        async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):
-            try:
-                await self.handle(delivery)
-            except Exception:
-                log.exception("command %s failed", delivery.event.id)
-                await AckOnce(delivery)()
+        lanes = Lanes()
+        try:
+            async for delivery in self.store.consume(subjects.commands(self.site),
+                                                     durable=durable):
+                data = delivery.event.data
+                await lanes.submit(f"{data.get('user')}/{data.get('server')}",
+                                   functools.partial(self._handle_logged, delivery))
+        finally:
+            await lanes.close()
+
+    async def _handle_logged(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except Exception:
+            log.exception("command %s failed", delivery.event.id)
+            await AckOnce(delivery)()
 
     async def handle(self, delivery: Delivery) -> None:
         """Act on one command; acks it when handled (a start: once submitted or failed).
