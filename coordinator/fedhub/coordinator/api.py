@@ -14,17 +14,20 @@ from fedhub.coordinator import auth, servers, siteadmin, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Token, User
-from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
+from fedhub.coordinator.errors import BadRequest, Conflict, NotFound, Unavailable
 from fedhub.coordinator.reactor import wait_for_route
 from fedhub.coordinator.sites import list_sites
+from fedhub.events.errors import StoreUnavailable
+from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
-from fedhub.schemas.events import ServerStatus, TokenRevoked
+from fedhub.schemas.events import RouteAdded, ServerStatus, TokenRevoked
 from fedhub.schemas.names import server_prefix
 
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
 KEEPALIVE = 8.0
+SETTLED = frozenset({ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED})
 
 
 def hub_of(request: Request) -> Hub:
@@ -192,7 +195,8 @@ async def delete_one(name: str, request: Request) -> Response:
 async def start_server(name: str, request: Request, server: str = "",
                        wait: float | None = None) -> Response:
     """Start a server: 201 when ready within the wait (``slow_spawn_timeout`` unless
-    ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202."""
+    ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202.
+    A failed spawn answers 500 with the reason; an unreachable log 503."""
     hub, ident, user = acting_for(request, name)
     data = await body(request)
     # JupyterHub 6 sends {"user_options": {...}}; older clients send the options as the body.
@@ -202,19 +206,59 @@ async def start_server(name: str, request: Request, server: str = "",
     site = data.get("site", options.pop("site", None))
     if site is not None and not isinstance(site, str):
         raise BadRequest("site must be a string")
-    seq = await servers.start(hub, user.name, server, site, options, _actor(ident))
     patience = hub.settings.slow_spawn_timeout if wait is None else min(max(wait, 0.0), 300.0)
-    status = await servers.wait_until(hub, user.name, server, seq, {
-        ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED}, patience)
-    if status is ServerStatus.READY and await wait_for_route(hub, user.name, server):
-        await hub.projection.wait_for(await hub.store.last_seq())
-        return JSONResponse(servers.server_model(hub, servers.get_server(hub, user.name,
-                                                 server)), 201)
-    if status in (ServerStatus.FAILED, ServerStatus.STOPPED):
-        await hub.projection.wait_for(await hub.store.last_seq())
-        row = servers.get_server(hub, user.name, server)
-        return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
-    return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
+    server = servers.valid_server(server)
+    try:
+        return await _spawn(hub, user.name, server, site, options, _actor(ident), patience)
+    except StoreUnavailable as exc:
+        raise Unavailable(f"the event log is unavailable: {exc}") from exc
+
+
+async def _spawn(hub: Hub, user: str, server: str, site: str | None, options: dict[str, Any],
+                 actor: str, patience: float) -> Response:
+    # Watching the projection (not a consumer of the log per request, nor polling) is what
+    # lets hundreds of spawns wait at once; watched before the request so nothing is missed.
+    with hub.projection.watch(subjects.server(user, server)) as events, \
+            hub.projection.watch(subjects.route(user, server)) as routes:
+        seq = await servers.start(hub, user, server, site, options, actor)
+        ended = await _settled(events, seq, patience)
+        if ended is None:
+            return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
+        if servers.status_of(ended) is not ServerStatus.READY:
+            row = servers.get_server(hub, user, server)  # ``ended`` is applied already
+            return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
+        if not await _routed(routes, ended.seq):
+            return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
+        return JSONResponse(servers.server_model(hub, servers.get_server(hub, user, server)),
+                            201)
+
+
+async def _settled(events: asyncio.Queue[StoredEvent], after: int,
+                   timeout: float) -> StoredEvent | None:
+    """The first event after ``after`` that ends the spawn (ready, failed, stopped), or
+    None if there is none within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await events.get()
+                if item.seq > after and servers.status_of(item) in SETTLED:
+                    return item
+    except TimeoutError:
+        return None
+
+
+async def _routed(routes: asyncio.Queue[StoredEvent], after: int, timeout: float = 5.0
+                  ) -> bool:
+    """True once a route added after ``after`` (the ready event) is projected; the queue
+    was watched before the spawn was requested, so it cannot have been missed."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await routes.get()
+                if item.seq > after and item.event.type == RouteAdded.TYPE:
+                    return True
+    except TimeoutError:
+        return False
 
 
 @router.delete("/users/{name}/server")

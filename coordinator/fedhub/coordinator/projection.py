@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.db import Position, Server, Site, Token, User
@@ -20,6 +24,7 @@ from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
+COMMIT_EVERY = 0.01  # seconds between commits while events keep coming
 
 
 def apply(db: Session, item: StoredEvent) -> None:
@@ -108,6 +113,7 @@ class ProjectionRunner:
         self._name = name
         self.applied = 0
         self._advanced = asyncio.Condition()
+        self._watchers: dict[str, set[asyncio.Queue[StoredEvent]]] = {}
 
     def position(self) -> int:
         """The last sequence applied, as stored in the database."""
@@ -116,7 +122,11 @@ class ProjectionRunner:
             return pos.seq if pos else 0
 
     async def run(self) -> None:
-        """Apply events forever, batching whatever has arrived since the last commit."""
+        """Apply events forever, batching whatever has arrived since the last commit.
+
+        An idle projection applies an event at once; a busy one commits at most every
+        ``COMMIT_EVERY`` seconds, so a burst costs a few transactions instead of one per
+        event (most of a small transaction's cost is fixed)."""
         self.applied = self.position()
         queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
 
@@ -125,15 +135,24 @@ class ProjectionRunner:
                 queue.put_nowait(item)
 
         pumping = asyncio.create_task(pump())
+        committed = 0.0
         try:
             while True:
                 batch = [await queue.get()]
+                wait = committed + COMMIT_EVERY - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 while not queue.empty() and len(batch) < 1000:
                     batch.append(queue.get_nowait())
                 self._apply_batch(batch)
+                committed = time.monotonic()
                 async with self._advanced:
                     self.applied = batch[-1].seq
                     self._advanced.notify_all()
+                if self._watchers:
+                    for item in batch:
+                        for watcher in self._watchers.get(item.event.subject, ()):
+                            watcher.put_nowait(item)
         finally:
             pumping.cancel()
 
@@ -141,7 +160,26 @@ class ProjectionRunner:
         with self._sessions.begin() as db:
             for item in batch:
                 apply(db, item)
-            db.merge(Position(name=self._name, seq=batch[-1].seq))
+            # An UPDATE alone, not merge's SELECT then UPDATE: this runs for every batch.
+            moved = db.execute(update(Position).where(Position.name == self._name)
+                               .values(seq=batch[-1].seq))
+            if not getattr(moved, "rowcount", 1):
+                db.add(Position(name=self._name, seq=batch[-1].seq))
+
+    @contextmanager
+    def watch(self, subject: str) -> Iterator[asyncio.Queue[StoredEvent]]:
+        """A queue of the events on ``subject`` read from now on, each put there once it
+        is applied (so the tables already show it). Events from before the call may still
+        arrive while the projection catches up: compare sequences."""
+        queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
+        watchers = self._watchers.setdefault(subject, set())
+        watchers.add(queue)
+        try:
+            yield queue
+        finally:
+            watchers.discard(queue)
+            if not watchers and self._watchers.get(subject) is watchers:
+                del self._watchers[subject]
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
         """Return once event ``seq`` is applied (read-your-writes for the API)."""
