@@ -9,6 +9,7 @@ from collections.abc import Callable
 from fedhub.events.envelope import new_event
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     KeyPublished,
@@ -281,3 +282,27 @@ async def test_a_queued_job_tells_the_user_why_it_waits(store: MemoryStore,
     reports = [i.event.data["message"] async for i in
                store.read(subjects.site_server("hpc", "alice", ""))]
     assert reports[1:3] == ["queued (Priority)", "queued (Resources)"]
+
+
+async def test_a_slow_command_for_one_server_does_not_hold_up_another(
+        settings: SiteAgentSettings) -> None:
+    gate = asyncio.Event()
+
+    class SlowForAlice(MemoryStore):
+        async def last(self, subject: str) -> StoredEvent | None:
+            if subject == subjects.site_server("hpc", "alice", ""):
+                await gate.wait()  # e.g. a slow round trip to the log
+            return await super().last(subject)
+
+    store = SlowForAlice()
+    agent = SiteAgent(settings, store, FakeBackend())
+    await agent.start()
+    try:
+        await send(store, start_cmd(user="alice", spawn_id="s1"))
+        await send(store, start_cmd(user="bob", spawn_id="s2"))
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+        assert await server_events(store, "alice") == []
+        gate.set()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="alice")
+    finally:
+        await agent.close()
