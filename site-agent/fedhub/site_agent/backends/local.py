@@ -76,6 +76,24 @@ def lost_the_port(log_path: Path, port: int) -> bool:
     return bool(found) and "already in use" in after.lower()
 
 
+async def _spawn_in_thread(argv: list[str], env: dict[str, str], log_path: Path) -> int:
+    """``spawn_detached`` off the event loop: it returns only once the child has exec'd,
+    which takes tens of milliseconds while hundreds of servers start, and the agent has
+    other work meanwhile. A child whose start was cancelled meanwhile is killed."""
+    spawning = asyncio.ensure_future(asyncio.to_thread(spawn_detached, argv, env, log_path))
+
+    def orphaned(done: asyncio.Future[int]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            signal_group(done.result(), signal.SIGKILL)
+            reap(done.result())
+
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        spawning.add_done_callback(orphaned)
+        raise
+
+
 class PortTaken(BackendError):
     """The server exited because another socket took its port before it could bind."""
 
@@ -139,7 +157,7 @@ class LocalProcessBackend:
             *root_flag,
         ]
 
-    def _launch(self, spec: ServerSpec) -> dict[str, Any]:
+    async def _launch(self, spec: ServerSpec) -> dict[str, Any]:
         """Spawn the server on a fresh port; returns its job state."""
         root = self.data_dir / "users" / subject_token(spec.user)
         log_path = self.data_dir / "logs" / f"{spec.key}.log"
@@ -156,7 +174,7 @@ class LocalProcessBackend:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("a") as fh:
                 fh.write(f"--- fedhub: starting spawn {spec.spawn_id} on port {port}\n")
-            pid = spawn_detached(argv, env, log_path)
+            pid = await _spawn_in_thread(argv, env, log_path)
         except OSError as exc:
             raise BackendError(f"cannot start Jupyter: {exc}") from exc
         st = proc_state(pid)
@@ -174,7 +192,7 @@ class LocalProcessBackend:
 
         A server that lost its port to another socket before binding it is started again
         on a new port (the RUNNING checkpoint carries the state of the one that runs)."""
-        state = self._launch(spec)
+        state = await self._launch(spec)
         running = False
         try:
             yield Checkpoint(Phase.SUBMITTED, state, job_id=str(state["pid"]),
@@ -188,7 +206,7 @@ class LocalProcessBackend:
                         raise
                     log.info("%s lost port %s before binding it; starting again",
                              spec.key, state["port"])
-                    state = self._launch(spec)
+                    state = await self._launch(spec)
             running = True
             yield self._running(state)
         finally:
