@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.db import Position, Server, Site, Token, User
@@ -25,6 +25,7 @@ from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY = 0.01  # seconds between commits while events keep coming
+SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
 
 def apply(db: Session, item: StoredEvent) -> None:
@@ -103,6 +104,20 @@ def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent) -> N
             u.last_activity = when
 
 
+def _load_servers(db: Session, batch: list[StoredEvent]) -> list[Server]:
+    """Load the rows of the servers a batch is about with one query: each event's lookup
+    is then found in the session instead of costing a flush and a SELECT of its own.
+    Keep the result while applying: the session holds its rows only weakly."""
+    keys = {(str(item.event.data.get("user")), str(item.event.data.get("server")))
+            for item in batch if item.event.subject.startswith(SERVER_SUBJECTS)}
+    rows: list[Server] = []
+    ordered = list(keys)
+    for chunk in range(0, len(ordered), 400):  # SQLite limits the parameters per query
+        part = ordered[chunk:chunk + 400]
+        rows += db.scalars(select(Server).where(tuple_(Server.user, Server.name).in_(part)))
+    return rows
+
+
 class ProjectionRunner:
     """Follows the log and keeps the SQL projection current."""
 
@@ -158,6 +173,7 @@ class ProjectionRunner:
 
     def _apply_batch(self, batch: list[StoredEvent]) -> None:
         with self._sessions.begin() as db:
+            loaded = _load_servers(db, batch)
             for item in batch:
                 apply(db, item)
             # An UPDATE alone, not merge's SELECT then UPDATE: this runs for every batch.
@@ -165,6 +181,7 @@ class ProjectionRunner:
                                .values(seq=batch[-1].seq))
             if not getattr(moved, "rowcount", 1):
                 db.add(Position(name=self._name, seq=batch[-1].seq))
+            del loaded  # held until here: the session keeps the rows only weakly
 
     @contextmanager
     def watch(self, subject: str) -> Iterator[asyncio.Queue[StoredEvent]]:
