@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -45,6 +46,7 @@ from fedhub.site_agent.tunnel import TunnelManager
 log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
 CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
+HEALTHY_RUN = 60.0  # seconds of good running after which a failure is a first one again
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
 
 
@@ -66,6 +68,7 @@ class SiteAgent:
         self.servers: dict[str, ServerRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._lanes = Lanes()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class SiteAgent:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        await self._lanes.close()
         jobs: list[Awaitable[None]] = []
         for rec in list(self.servers.values()):
             if self.settings.stop_servers_on_exit:
@@ -132,10 +136,13 @@ class SiteAgent:
         async def loop() -> None:
             delay = 1.0
             while True:
+                began = time.monotonic()
                 try:
                     await run()
                     return
                 except Exception:  # keep the agent alive; the store may come back
+                    if time.monotonic() - began > HEALTHY_RUN:
+                        delay = 1.0  # one hiccup after a long good run is not an outage
                     log.exception("%s loop failed; restarting in %.0f s", name, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -150,15 +157,12 @@ class SiteAgent:
 
     async def _consume(self) -> None:
         durable = f"agent-{subject_token(self.site)}"
-        lanes = Lanes()
-        try:
-            async for delivery in self.store.consume(subjects.commands(self.site),
-                                                     durable=durable):
-                data = delivery.event.data
-                await lanes.submit(f"{data.get('user')}/{data.get('server')}",
-                                   functools.partial(self._handle_logged, delivery))
-        finally:
-            await lanes.close()
+        # The lanes outlive this loop: when it fails and restarts, commands being handled
+        # finish instead of being cancelled and redelivered only after the ack wait.
+        async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):
+            data = delivery.event.data
+            await self._lanes.submit(f"{data.get('user')}/{data.get('server')}",
+                                     functools.partial(self._handle_logged, delivery))
 
     async def _handle_logged(self, delivery: Delivery) -> None:
         try:

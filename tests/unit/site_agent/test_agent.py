@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 from fedhub.events.envelope import new_event
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import KeyRing, SigningKey
-from fedhub.events.store import StoredEvent
+from fedhub.events.store import Delivery, StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     KeyPublished,
@@ -304,5 +304,38 @@ async def test_a_slow_command_for_one_server_does_not_hold_up_another(
         assert await server_events(store, "alice") == []
         gate.set()
         await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="alice")
+    finally:
+        await agent.close()
+
+
+async def test_a_failing_command_feed_does_not_abandon_commands_being_handled(
+        settings: SiteAgentSettings) -> None:
+    gate, cancelled = asyncio.Event(), []
+
+    class FlakyFeed(MemoryStore):
+        async def last(self, subject: str) -> StoredEvent | None:
+            if subject == subjects.site_server("hpc", "alice", ""):
+                try:
+                    await gate.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(subject)
+                    raise
+            return await super().last(subject)
+
+        async def consume(self, subjects: str, *, durable: str
+                          ) -> AsyncGenerator[Delivery, None]:
+            async for delivery in super().consume(subjects, durable=durable):
+                yield delivery
+                raise TimeoutError("the feed hiccuped")  # e.g. a fetch timing out
+
+    store = FlakyFeed()
+    agent = SiteAgent(settings, store, FakeBackend())
+    await agent.start()
+    try:
+        await send(store, start_cmd(user="alice"))
+        await asyncio.sleep(0.1)  # the feed failed while alice's start was in hand
+        gate.set()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="alice")
+        assert cancelled == []
     finally:
         await agent.close()
