@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,13 @@ from fedhub.coordinator import auth, servers, siteadmin, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Token, User
-from fedhub.coordinator.errors import BadRequest, Conflict, NotFound, Unavailable
+from fedhub.coordinator.errors import (
+    BadRequest,
+    Conflict,
+    CoordinatorError,
+    NotFound,
+    Unavailable,
+)
 from fedhub.coordinator.reactor import wait_for_route
 from fedhub.coordinator.sites import list_sites
 from fedhub.events.errors import StoreUnavailable
@@ -23,6 +30,7 @@ from fedhub.schemas import subjects
 from fedhub.schemas.events import RouteAdded, ServerStatus, TokenRevoked
 from fedhub.schemas.names import server_prefix
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
@@ -212,6 +220,12 @@ async def start_server(name: str, request: Request, server: str = "",
         return await _spawn(hub, user.name, server, site, options, _actor(ident), patience)
     except StoreUnavailable as exc:
         raise Unavailable(f"the event log is unavailable: {exc}") from exc
+    except CoordinatorError:
+        raise
+    except Exception as exc:  # a bug: still tell the client what failed, never a bare 500
+        log.exception("spawn of %s/%s failed", user.name, server)
+        return JSONResponse({"status": 500, "message": f"Spawn failed: internal error "
+                             f"({type(exc).__name__}: {exc})"}, 500)
 
 
 async def _spawn(hub: Hub, user: str, server: str, site: str | None, options: dict[str, Any],
