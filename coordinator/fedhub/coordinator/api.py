@@ -22,7 +22,6 @@ from fedhub.coordinator.errors import (
     NotFound,
     Unavailable,
 )
-from fedhub.coordinator.reactor import wait_for_route
 from fedhub.coordinator.sites import list_sites
 from fedhub.events.errors import StoreUnavailable
 from fedhub.events.store import StoredEvent
@@ -241,7 +240,7 @@ async def _spawn(hub: Hub, user: str, server: str, site: str | None, options: di
         if servers.status_of(ended) is not ServerStatus.READY:
             row = servers.get_server(hub, user, server)  # ``ended`` is applied already
             return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
-        if not await _routed(routes, ended.seq):
+        if not await _routed(hub, routes, subjects.route(user, server), ended.seq):
             return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
         return JSONResponse(servers.server_model(hub, servers.get_server(hub, user, server)),
                             201)
@@ -261,10 +260,13 @@ async def _settled(events: asyncio.Queue[StoredEvent], after: int,
         return None
 
 
-async def _routed(routes: asyncio.Queue[StoredEvent], after: int, timeout: float = 5.0
-                  ) -> bool:
-    """True once a route added after ``after`` (the ready event) is projected; the queue
-    was watched before the spawn was requested, so it cannot have been missed."""
+async def _routed(hub: Hub, routes: asyncio.Queue[StoredEvent], subject: str, after: int,
+                  timeout: float = 5.0) -> bool:
+    """True once a route was added after ``after`` (the ready event), in the log or, via
+    ``routes`` (watched before the spawn was requested or followed), once projected."""
+    last = await hub.store.last(subject)
+    if last is not None and last.seq > after and last.event.type == RouteAdded.TYPE:
+        return True
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -314,35 +316,47 @@ async def progress(name: str, request: Request, server: str = "") -> Response:
 async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[str]:
     """Replays the current spawn's events, then follows until ready or failed."""
     url = server_prefix(user, server)
-    history = [i async for i in hub.store.read(subjects.server(user, server))]
-    start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    subject = subjects.server(user, server)
+    with hub.projection.watch(subject) as events, \
+            hub.projection.watch(subjects.route(user, server)) as routes:
+        history = [i async for i in hub.store.read(subject)]
+        start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
+        replay = [i for i in history if i.seq >= start]
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-    async def pump() -> None:
-        async for item in servers.progress_events(hub, user, server, start - 1):
-            msg = servers.progress_message(item, url)
-            if msg is None:
-                continue
-            if msg.get("ready"):
-                await wait_for_route(hub, user, server)
-            await queue.put(msg)
-            if msg.get("ready") or msg.get("failed"):
-                break
-        await queue.put(None)
+        async def pump() -> None:
+            seen, pending = (replay[-1].seq if replay else 0), list(replay)
+            while True:
+                if pending:
+                    item = pending.pop(0)
+                else:  # watched before the history was read: skip what it replayed
+                    item = await events.get()
+                    if item.seq <= seen:
+                        continue
+                    seen = item.seq
+                msg = servers.progress_message(item, url)
+                if msg is None:
+                    continue
+                if msg.get("ready"):
+                    await _routed(hub, routes, subjects.route(user, server), item.seq)
+                await queue.put(msg)
+                if msg.get("ready") or msg.get("failed"):
+                    break
+            await queue.put(None)
 
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            try:
-                msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
-            except TimeoutError:
-                yield "\n\n"
-                continue
-            if msg is None:
-                return
-            yield f"data: {json.dumps(msg)}\n\n"
-    finally:
-        task.cancel()
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    yield "\n\n"
+                    continue
+                if msg is None:
+                    return
+                yield f"data: {json.dumps(msg)}\n\n"
+        finally:
+            task.cancel()
 
 
 @router.get("/users/{name}/tokens")

@@ -4,7 +4,6 @@ replaying, restarting or running several coordinators adds nothing twice."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -135,16 +134,3 @@ async def _route(hub: Hub, item: StoredEvent, p: ev.ServerReady) -> None:
             expected_seq=route.seq if route else 0, event_id=derived_id(item.event.id, "route"))
     except Conflict:
         return
-
-
-async def wait_for_route(hub: Hub, user: str, server: str, timeout: float = 5.0) -> bool:
-    """True once the route of the server is in the log (edge proxies then follow)."""
-    subject = subjects.route(user, server)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        last = await hub.store.last(subject)
-        if last is not None and last.event.type == ev.RouteAdded.TYPE:
-            return True
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
