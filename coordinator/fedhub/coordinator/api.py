@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fedhub.coordinator import auth, servers, siteadmin, users
+from fedhub.coordinator import auth, servers, siteadmin, spawning, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Token, User
@@ -24,17 +22,13 @@ from fedhub.coordinator.errors import (
 )
 from fedhub.coordinator.sites import list_sites
 from fedhub.events.errors import StoreUnavailable
-from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
-from fedhub.schemas.events import RouteAdded, ServerStatus, TokenRevoked
-from fedhub.schemas.names import server_prefix
+from fedhub.schemas.events import ServerStatus, TokenRevoked
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
-KEEPALIVE = 8.0
-SETTLED = frozenset({ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED})
 
 
 def hub_of(request: Request) -> Hub:
@@ -216,7 +210,7 @@ async def start_server(name: str, request: Request, server: str = "",
     patience = hub.settings.slow_spawn_timeout if wait is None else min(max(wait, 0.0), 300.0)
     server = servers.valid_server(server)
     try:
-        return await _spawn(hub, user.name, server, site, options, _actor(ident), patience)
+        return await spawning.spawn(hub, user.name, server, site, options, _actor(ident), patience)
     except StoreUnavailable as exc:
         raise Unavailable(f"the event log is unavailable: {exc}") from exc
     except CoordinatorError:
@@ -225,56 +219,6 @@ async def start_server(name: str, request: Request, server: str = "",
         log.exception("spawn of %s/%s failed", user.name, server)
         return JSONResponse({"status": 500, "message": f"Spawn failed: internal error "
                              f"({type(exc).__name__}: {exc})"}, 500)
-
-
-async def _spawn(hub: Hub, user: str, server: str, site: str | None, options: dict[str, Any],
-                 actor: str, patience: float) -> Response:
-    # Watching the projection (not a consumer of the log per request, nor polling) is what
-    # lets hundreds of spawns wait at once; watched before the request so nothing is missed.
-    with hub.projection.watch(subjects.server(user, server)) as events, \
-            hub.projection.watch(subjects.route(user, server)) as routes:
-        seq = await servers.start(hub, user, server, site, options, actor)
-        ended = await _settled(events, seq, patience)
-        if ended is None:
-            return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
-        if servers.status_of(ended) is not ServerStatus.READY:
-            row = servers.get_server(hub, user, server)  # ``ended`` is applied already
-            return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
-        if not await _routed(hub, routes, subjects.route(user, server), ended.seq):
-            return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
-        return JSONResponse(servers.server_model(hub, servers.get_server(hub, user, server)),
-                            201)
-
-
-async def _settled(events: asyncio.Queue[StoredEvent], after: int,
-                   timeout: float) -> StoredEvent | None:
-    """The first event after ``after`` that ends the spawn (ready, failed, stopped), or
-    None if there is none within ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                item = await events.get()
-                if item.seq > after and servers.status_of(item) in SETTLED:
-                    return item
-    except TimeoutError:
-        return None
-
-
-async def _routed(hub: Hub, routes: asyncio.Queue[StoredEvent], subject: str, after: int,
-                  timeout: float = 5.0) -> bool:
-    """True once a route was added after ``after`` (the ready event), in the log or, via
-    ``routes`` (watched before the spawn was requested or followed), once projected."""
-    last = await hub.store.last(subject)
-    if last is not None and last.seq > after and last.event.type == RouteAdded.TYPE:
-        return True
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                item = await routes.get()
-                if item.seq > after and item.event.type == RouteAdded.TYPE:
-                    return True
-    except TimeoutError:
-        return False
 
 
 @router.delete("/users/{name}/server")
@@ -308,55 +252,9 @@ async def progress(name: str, request: Request, server: str = "") -> Response:
     status = ServerStatus(row.status)
     if not status.pending and status not in (ServerStatus.READY, ServerStatus.FAILED):
         raise BadRequest(f"server {user.name}/{server} is not starting")
-    return StreamingResponse(_progress_stream(hub, user.name, server),
+    return StreamingResponse(spawning.progress_stream(hub, user.name, server),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[str]:
-    """Replays the current spawn's events, then follows until ready or failed."""
-    url = server_prefix(user, server)
-    subject = subjects.server(user, server)
-    with hub.projection.watch(subject) as events, \
-            hub.projection.watch(subjects.route(user, server)) as routes:
-        history = [i async for i in hub.store.read(subject)]
-        start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
-        replay = [i for i in history if i.seq >= start]
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-        async def pump() -> None:
-            seen, pending = (replay[-1].seq if replay else 0), list(replay)
-            while True:
-                if pending:
-                    item = pending.pop(0)
-                else:  # watched before the history was read: skip what it replayed
-                    item = await events.get()
-                    if item.seq <= seen:
-                        continue
-                    seen = item.seq
-                msg = servers.progress_message(item, url)
-                if msg is None:
-                    continue
-                if msg.get("ready"):
-                    await _routed(hub, routes, subjects.route(user, server), item.seq)
-                await queue.put(msg)
-                if msg.get("ready") or msg.get("failed"):
-                    break
-            await queue.put(None)
-
-        task = asyncio.create_task(pump())
-        try:
-            while True:
-                try:
-                    msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
-                except TimeoutError:
-                    yield "\n\n"
-                    continue
-                if msg is None:
-                    return
-                yield f"data: {json.dumps(msg)}\n\n"
-        finally:
-            task.cancel()
 
 
 @router.get("/users/{name}/tokens")
