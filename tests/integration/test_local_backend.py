@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 import uuid
@@ -208,3 +209,53 @@ async def test_failed_start_reports_the_log(tmp_path: Path) -> None:
         async for _ in backend.start(ServerSpec("bob", "", "s2", "/user/bob/")):
             pass
     assert "exit code 3" in str(err.value) and "boom: no jupyter here" in str(err.value)
+
+
+# A stand-in for Jupyter that starts in milliseconds: binds --ServerApp.port (exiting with
+# "Address already in use" if it cannot) and answers 200 to everything.
+TINY_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port = next(int(a.split('=')[1]) for a in sys.argv if a.startswith('--ServerApp.port='))
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'{"version": "0"}')
+HTTPServer(('127.0.0.1', port), Ok).serve_forever()
+"""
+
+
+def test_ports_handed_out_are_never_handed_out_again_soon() -> None:
+    from fedhub.site_agent.backends.local import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
+
+async def test_a_server_that_lost_its_port_is_started_again_on_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedhub.site_agent.backends import local
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()  # another program got the port between the choice and the bind
+    choices = iter([taken.getsockname()[1]])
+    real = local.free_port
+    monkeypatch.setattr(local, "free_port", lambda host: next(choices, None) or real(host))
+    backend = LocalProcessBackend(tmp_path, jupyter_command=[sys.executable, "-c", TINY_SERVER],
+                                  ready_timeout=30)
+    spec = ServerSpec("bob", "", "s3", "/user/bob/")
+    try:
+        phases = []
+        async for cp in backend.start(spec):
+            phases.append(cp.phase)
+            state = cp.state
+        assert phases == [Phase.SUBMITTED, Phase.RUNNING]
+        assert state["port"] != taken.getsockname()[1]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{state['port']}/user/bob/api") as r:
+                assert r.status == 200
+        assert (await backend.status({"k": state}))["k"].status is JobStatus.RUNNING
+    finally:
+        taken.close()
+        await backend.stop(state)
+    assert (await backend.status({"k": state}))["k"].status is JobStatus.GONE

@@ -127,6 +127,26 @@ def test_spawn_use_stop_and_audit(hub: Hub) -> None:
     assert "ServerReady" in table and "UserCreated" not in table  # site filter applies
 
 
+def test_users_spawning_at_once_all_get_their_servers(hub: Hub) -> None:
+    names = ["carol", "dave", "erin"]
+    for name in names:
+        make_user(hub, name)
+
+    async def spawn_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=hub.url + "/hub/api", timeout=300, headers={
+                "Authorization": f"token {hub.admin_token}"}) as api:
+            return await asyncio.gather(*(api.post(f"/users/{n}/server", json={
+                "site": "local"}) for n in names))
+
+    answers = asyncio.run(spawn_all())
+    assert [r.status_code for r in answers] == [201] * len(names), [r.text for r in answers]
+    with hub.admin() as api:
+        for name, r in zip(names, answers, strict=True):
+            assert r.json()["ready"] is True and r.json()["url"] == f"/user/{name}/"
+            assert route_target(hub, name).startswith("http://")
+            assert api.delete(f"/users/{name}/server").status_code in (202, 204)
+
+
 def test_failed_login_is_refused_and_audited(hub: Hub) -> None:
     make_user(hub, "carol")
     r = httpx.post(hub.url + "/hub/login", data={"username": "carol", "password": "nope"})

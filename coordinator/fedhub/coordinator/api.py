@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fedhub.coordinator import auth, servers, siteadmin, users
+from fedhub.coordinator import auth, servers, siteadmin, spawning, users
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Server, Token, User
-from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
-from fedhub.coordinator.reactor import wait_for_route
+from fedhub.coordinator.errors import (
+    BadRequest,
+    Conflict,
+    CoordinatorError,
+    NotFound,
+    Unavailable,
+)
 from fedhub.coordinator.sites import list_sites
+from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas import subjects
 from fedhub.schemas.events import ServerStatus, TokenRevoked
-from fedhub.schemas.names import server_prefix
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
-KEEPALIVE = 8.0
 
 
 def hub_of(request: Request) -> Hub:
@@ -197,7 +201,8 @@ async def delete_one(name: str, request: Request) -> Response:
 async def start_server(name: str, request: Request, server: str = "",
                        wait: float | None = None) -> Response:
     """Start a server: 201 when ready within the wait (``slow_spawn_timeout`` unless
-    ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202."""
+    ``?wait=`` seconds is given; pages use 0 and follow the progress stream), else 202.
+    A failed spawn answers 500 with the reason; an unreachable log 503."""
     hub, ident, user = acting_for(request, name)
     data = await body(request)
     # JupyterHub 6 sends {"user_options": {...}}; older clients send the options as the body.
@@ -207,19 +212,18 @@ async def start_server(name: str, request: Request, server: str = "",
     site = data.get("site", options.pop("site", None))
     if site is not None and not isinstance(site, str):
         raise BadRequest("site must be a string")
-    seq = await servers.start(hub, user.name, server, site, options, _actor(ident))
     patience = hub.settings.slow_spawn_timeout if wait is None else min(max(wait, 0.0), 300.0)
-    status = await servers.wait_until(hub, user.name, server, seq, {
-        ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED}, patience)
-    if status is ServerStatus.READY and await wait_for_route(hub, user.name, server):
-        await hub.projection.wait_for(await hub.store.last_seq())
-        return JSONResponse(servers.server_model(hub, servers.get_server(hub, user.name,
-                                                 server)), 201)
-    if status in (ServerStatus.FAILED, ServerStatus.STOPPED):
-        await hub.projection.wait_for(await hub.store.last_seq())
-        row = servers.get_server(hub, user.name, server)
-        return JSONResponse({"status": 500, "message": row.message or "spawn failed"}, 500)
-    return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
+    server = servers.valid_server(server)
+    try:
+        return await spawning.spawn(hub, user.name, server, site, options, _actor(ident), patience)
+    except StoreUnavailable as exc:
+        raise Unavailable(f"the event log is unavailable: {exc}") from exc
+    except CoordinatorError:
+        raise
+    except Exception as exc:  # a bug: still tell the client what failed, never a bare 500
+        log.exception("spawn of %s/%s failed", user.name, server)
+        return JSONResponse({"status": 500, "message": f"Spawn failed: internal error "
+                             f"({type(exc).__name__}: {exc})"}, 500)
 
 
 @router.delete("/users/{name}/server")
@@ -253,43 +257,9 @@ async def progress(name: str, request: Request, server: str = "") -> Response:
     status = ServerStatus(row.status)
     if not status.pending and status not in (ServerStatus.READY, ServerStatus.FAILED):
         raise BadRequest(f"server {user.name}/{server} is not starting")
-    return StreamingResponse(_progress_stream(hub, user.name, server),
+    return StreamingResponse(spawning.progress_stream(hub, user.name, server),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _progress_stream(hub: Hub, user: str, server: str) -> AsyncIterator[str]:
-    """Replays the current spawn's events, then follows until ready or failed."""
-    url = server_prefix(user, server)
-    history = [i async for i in hub.store.read(subjects.server(user, server))]
-    start = max((i.seq for i in history if i.event.type == "ServerRequested"), default=0)
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        async for item in servers.progress_events(hub, user, server, start - 1):
-            msg = servers.progress_message(item, url)
-            if msg is None:
-                continue
-            if msg.get("ready"):
-                await wait_for_route(hub, user, server)
-            await queue.put(msg)
-            if msg.get("ready") or msg.get("failed"):
-                break
-        await queue.put(None)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            try:
-                msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
-            except TimeoutError:
-                yield "\n\n"
-                continue
-            if msg is None:
-                return
-            yield f"data: {json.dumps(msg)}\n\n"
-    finally:
-        task.cancel()
 
 
 @router.get("/users/{name}/tokens")

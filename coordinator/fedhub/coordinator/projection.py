@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.db import Position, Server, Site, Token, User
@@ -20,6 +24,8 @@ from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
+COMMIT_EVERY = 0.01  # seconds between commits while events keep coming
+SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
 
 def apply(db: Session, item: StoredEvent) -> None:
@@ -98,6 +104,20 @@ def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent) -> N
             u.last_activity = when
 
 
+def _load_servers(db: Session, batch: list[StoredEvent]) -> list[Server]:
+    """Load the rows of the servers a batch is about with one query: each event's lookup
+    is then found in the session instead of costing a flush and a SELECT of its own.
+    Keep the result while applying: the session holds its rows only weakly."""
+    keys = {(str(item.event.data.get("user")), str(item.event.data.get("server")))
+            for item in batch if item.event.subject.startswith(SERVER_SUBJECTS)}
+    rows: list[Server] = []
+    ordered = list(keys)
+    for chunk in range(0, len(ordered), 400):  # SQLite limits the parameters per query
+        part = ordered[chunk:chunk + 400]
+        rows += db.scalars(select(Server).where(tuple_(Server.user, Server.name).in_(part)))
+    return rows
+
+
 class ProjectionRunner:
     """Follows the log and keeps the SQL projection current."""
 
@@ -108,6 +128,7 @@ class ProjectionRunner:
         self._name = name
         self.applied = 0
         self._advanced = asyncio.Condition()
+        self._watchers: dict[str, set[asyncio.Queue[StoredEvent]]] = {}
 
     def position(self) -> int:
         """The last sequence applied, as stored in the database."""
@@ -116,7 +137,11 @@ class ProjectionRunner:
             return pos.seq if pos else 0
 
     async def run(self) -> None:
-        """Apply events forever, batching whatever has arrived since the last commit."""
+        """Apply events forever, batching whatever has arrived since the last commit.
+
+        An idle projection applies an event at once; a busy one commits at most every
+        ``COMMIT_EVERY`` seconds, so a burst costs a few transactions instead of one per
+        event (most of a small transaction's cost is fixed)."""
         self.applied = self.position()
         queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
 
@@ -125,23 +150,53 @@ class ProjectionRunner:
                 queue.put_nowait(item)
 
         pumping = asyncio.create_task(pump())
+        committed = 0.0
         try:
             while True:
                 batch = [await queue.get()]
+                wait = committed + COMMIT_EVERY - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 while not queue.empty() and len(batch) < 1000:
                     batch.append(queue.get_nowait())
                 self._apply_batch(batch)
+                committed = time.monotonic()
                 async with self._advanced:
                     self.applied = batch[-1].seq
                     self._advanced.notify_all()
+                if self._watchers:
+                    for item in batch:
+                        for watcher in self._watchers.get(item.event.subject, ()):
+                            watcher.put_nowait(item)
         finally:
             pumping.cancel()
 
     def _apply_batch(self, batch: list[StoredEvent]) -> None:
         with self._sessions.begin() as db:
+            loaded = _load_servers(db, batch)
             for item in batch:
                 apply(db, item)
-            db.merge(Position(name=self._name, seq=batch[-1].seq))
+            # An UPDATE alone, not merge's SELECT then UPDATE: this runs for every batch.
+            moved = db.execute(update(Position).where(Position.name == self._name)
+                               .values(seq=batch[-1].seq))
+            if not getattr(moved, "rowcount", 1):
+                db.add(Position(name=self._name, seq=batch[-1].seq))
+            del loaded  # held until here: the session keeps the rows only weakly
+
+    @contextmanager
+    def watch(self, subject: str) -> Iterator[asyncio.Queue[StoredEvent]]:
+        """A queue of the events on ``subject`` read from now on, each put there once it
+        is applied (so the tables already show it). Events from before the call may still
+        arrive while the projection catches up: compare sequences."""
+        queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
+        watchers = self._watchers.setdefault(subject, set())
+        watchers.add(queue)
+        try:
+            yield queue
+        finally:
+            watchers.discard(queue)
+            if not watchers and self._watchers.get(subject) is watchers:
+                del self._watchers[subject]
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
         """Return once event ``seq`` is applied (read-your-writes for the API)."""

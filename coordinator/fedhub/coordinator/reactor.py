@@ -4,9 +4,9 @@ replaying, restarting or running several coordinators adds nothing twice."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +14,7 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Position
 from fedhub.coordinator.errors import Conflict, CoordinatorError
 from fedhub.coordinator.ingest import ingest
+from fedhub.coordinator.lanes import Lanes
 from fedhub.coordinator.servers import remove_route
 from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
@@ -35,29 +36,60 @@ def _position(sessions: sessionmaker[Session]) -> int:
         return pos.seq if pos else 0
 
 
+def lane_of(subject: str) -> str:
+    """Which lane an event's reaction runs in: one per server, whether the event is the
+    canonical record (``fedhub.server.<key>``) or a site's raw report about it
+    (``fedhub.site.<site>.server.<key>``), so a report is always recorded before the
+    reactor sees the record; anything else has its subject as its lane."""
+    parts = subject.split(".", 4)
+    if len(parts) == 5 and parts[1] == "site" and parts[3] == "server":
+        return f"server.{parts[4]}"
+    if len(parts) >= 3 and parts[1] == "server":
+        return f"server.{subject.split('.', 2)[2]}"
+    return subject
+
+
 async def run(hub: Hub) -> None:
     """Follow the whole log in order, resuming from the stored position: enroll keys,
-    check and record what sites report, react to server events."""
+    check and record what sites report, react to server events. Reactions to different
+    servers run concurrently (each is a few round trips to the log); one server's events
+    are handled in log order."""
     saved = _position(hub.sessions)
     saved_at = time.monotonic()
-    async for item in hub.store.follow("fedhub.>", start=saved + 1):
-        try:
+    lanes = Lanes()
+    try:
+        async for item in hub.store.follow("fedhub.>", start=saved + 1):
             subject = item.event.subject
             if subject.startswith("fedhub.key."):
+                # A key change applies to every later event and none before: let the
+                # reactions in flight finish with the ring they were read under.
+                await lanes.drain()
                 enroll(hub.keyring, item)
-            elif subjects.is_site_fact(subject):
+            elif subjects.is_site_fact(subject) or subject.startswith("fedhub.server."):
+                await lanes.submit(lane_of(subject), item.seq, _reaction(hub, item))
+            # Every reaction is idempotent (it checks the current state and uses derived
+            # ids), so re-reading a few events after a restart is harmless: save now and
+            # then, not after every event, and only as far as every reaction has finished.
+            done = lanes.done_through(item.seq)
+            if done - saved >= SAVE_EVERY or (done > saved
+                                               and time.monotonic() - saved_at >= SAVE_AFTER):
+                with hub.sessions.begin() as db:
+                    db.merge(Position(name=NAME, seq=done))
+                saved, saved_at = done, time.monotonic()
+    finally:
+        await lanes.close()
+
+
+def _reaction(hub: Hub, item: StoredEvent) -> Callable[[], Awaitable[None]]:
+    async def reaction() -> None:
+        try:
+            if subjects.is_site_fact(item.event.subject):
                 await ingest(hub, item)
-            elif subject.startswith("fedhub.server."):
+            else:
                 await react(hub, item)
         except (EventLogError, CoordinatorError) as exc:
             log.warning("reaction to event %d (%s) failed: %s", item.seq, item.event.type, exc)
-        # Every reaction is idempotent (it checks the current state and uses derived ids),
-        # so re-reading a few events after a restart is harmless: save now and then, not
-        # after every event of the whole log.
-        if item.seq - saved >= SAVE_EVERY or time.monotonic() - saved_at >= SAVE_AFTER:
-            with hub.sessions.begin() as db:
-                db.merge(Position(name=NAME, seq=item.seq))
-            saved, saved_at = item.seq, time.monotonic()
+    return reaction
 
 
 async def react(hub: Hub, item: StoredEvent) -> None:
@@ -102,16 +134,3 @@ async def _route(hub: Hub, item: StoredEvent, p: ev.ServerReady) -> None:
             expected_seq=route.seq if route else 0, event_id=derived_id(item.event.id, "route"))
     except Conflict:
         return
-
-
-async def wait_for_route(hub: Hub, user: str, server: str, timeout: float = 5.0) -> bool:
-    """True once the route of the server is in the log (edge proxies then follow)."""
-    subject = subjects.route(user, server)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        last = await hub.store.last(subject)
-        if last is not None and last.event.type == ev.RouteAdded.TYPE:
-            return True
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)

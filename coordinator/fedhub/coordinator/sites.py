@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +14,7 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Site
 from fedhub.coordinator.errors import BadRequest
 from fedhub.events.errors import StoreUnavailable
+from fedhub.events.store import EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.resources import InvalidOptions, OptionSpec, specs_from_json, validate_options
 
@@ -40,10 +43,26 @@ class SiteView:
         }
 
 
+Beats = dict[str, tuple[bytes, datetime]]
+# One heartbeat read in flight per store: requests arriving meanwhile share its answer
+# (a burst of spawns would otherwise open a consumer of the health stream each, twice).
+_reading: weakref.WeakKeyDictionary[EventStore, asyncio.Future[Beats]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def _heartbeats(store: EventStore) -> Beats:
+    read = _reading.get(store)
+    if read is None:
+        read = asyncio.ensure_future(store.latest_health(f"{subjects.HEALTH_ROOT}.site.>"))
+        _reading[store] = read
+        read.add_done_callback(lambda _f: _reading.pop(store, None))
+    return await asyncio.shield(read)
+
+
 async def list_sites(hub: Hub) -> list[SiteView]:
     """Every registered site with its health from the latest heartbeat."""
     try:
-        beats = await hub.store.latest_health(f"{subjects.HEALTH_ROOT}.site.>")
+        beats = await _heartbeats(hub.store)
     except StoreUnavailable as exc:
         log.warning("cannot read site health: %s", exc)
         beats = {}
@@ -77,8 +96,9 @@ async def choose_site(hub: Hub, requested: str | None,
                       options: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """The site to use, why, and the options normalized for it; raises BadRequest for
     unknown, offline or drained sites and for options the site does not offer."""
-    name, reason = await _pick(hub, requested)
-    view = next(s for s in await list_sites(hub) if s.name == name)
+    sites = await list_sites(hub)
+    name, reason = _pick(sites, requested)
+    view = next(s for s in sites if s.name == name)
     try:
         return name, reason, validate_options(view.options, options)
     except InvalidOptions as exc:
@@ -116,8 +136,7 @@ def place(sites: list[SiteView]) -> tuple[str, str]:
     return best.name, reason
 
 
-async def _pick(hub: Hub, requested: str | None) -> tuple[str, str]:
-    sites = await list_sites(hub)
+def _pick(sites: list[SiteView], requested: str | None) -> tuple[str, str]:
     if not sites:
         raise BadRequest("no sites are registered")
     if requested in (None, "", "auto"):

@@ -7,7 +7,9 @@ servers is also in the log, so a restarted agent re-adopts them (see adoption.py
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -35,6 +37,7 @@ from fedhub.site_agent.commands import AckOnce, spec_from_command
 from fedhub.site_agent.errors import BackendError, InvalidCommand
 from fedhub.site_agent.heartbeat import beat_forever
 from fedhub.site_agent.keys import TrustedKeysFile
+from fedhub.site_agent.lanes import Lanes
 from fedhub.site_agent.publisher import Publisher
 from fedhub.site_agent.servers import ServerRecord, Stage
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -43,6 +46,7 @@ from fedhub.site_agent.tunnel import TunnelManager
 log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
 CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
+HEALTHY_RUN = 60.0  # seconds of good running after which a failure is a first one again
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
 
 
@@ -64,6 +68,7 @@ class SiteAgent:
         self.servers: dict[str, ServerRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._lanes = Lanes()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class SiteAgent:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        await self._lanes.close()
         jobs: list[Awaitable[None]] = []
         for rec in list(self.servers.values()):
             if self.settings.stop_servers_on_exit:
@@ -130,10 +136,13 @@ class SiteAgent:
         async def loop() -> None:
             delay = 1.0
             while True:
+                began = time.monotonic()
                 try:
                     await run()
                     return
                 except Exception:  # keep the agent alive; the store may come back
+                    if time.monotonic() - began > HEALTHY_RUN:
+                        delay = 1.0  # one hiccup after a long good run is not an outage
                     log.exception("%s loop failed; restarting in %.0f s", name, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -148,12 +157,19 @@ class SiteAgent:
 
     async def _consume(self) -> None:
         durable = f"agent-{subject_token(self.site)}"
+        # The lanes outlive this loop: when it fails and restarts, commands being handled
+        # finish instead of being cancelled and redelivered only after the ack wait.
         async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):
-            try:
-                await self.handle(delivery)
-            except Exception:
-                log.exception("command %s failed", delivery.event.id)
-                await AckOnce(delivery)()
+            data = delivery.event.data
+            await self._lanes.submit(f"{data.get('user')}/{data.get('server')}",
+                                     functools.partial(self._handle_logged, delivery))
+
+    async def _handle_logged(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except Exception:
+            log.exception("command %s failed", delivery.event.id)
+            await AckOnce(delivery)()
 
     async def handle(self, delivery: Delivery) -> None:
         """Act on one command; acks it when handled (a start: once submitted or failed).

@@ -330,3 +330,45 @@ async def test_runner_skips_undecodable_messages(sessions: sessionmaker[Session]
         await stop(task)
     with sessions() as db:
         assert db.get(User, "alice") is not None
+
+
+async def test_a_burst_applied_in_one_batch_gives_the_rows_of_one_by_one(
+        sessions: sessionmaker[Session]) -> None:
+    store = MemoryStore()
+    events = life()
+    for e in events[:9]:  # alice's server exists before the burst
+        await store.append(e)
+    runner = ProjectionRunner(store, sessions)
+    task = asyncio.create_task(runner.run())
+    try:
+        await runner.wait_for(9, timeout=5)
+        seq = 0
+        for e in events[9:]:  # existing and new servers, all in one go
+            seq = await store.append(e)
+        await runner.wait_for(seq, timeout=5)
+    finally:
+        await stop(task)
+    assert dump(sessions) == replayed(events)
+
+
+async def test_watchers_see_their_subjects_events_once_the_tables_show_them(
+        sessions: sessionmaker[Session]) -> None:
+    store = MemoryStore()
+    events = life()
+    runner = ProjectionRunner(store, sessions)
+    task = asyncio.create_task(runner.run())
+    try:
+        with runner.watch(subjects.server("alice", "gpu")) as seen:
+            for e in events[:11]:
+                await store.append(e)
+            types = []
+            while len(types) < 5:
+                item = await asyncio.wait_for(seen.get(), 5)
+                types.append(item.event.type)
+                row = server(sessions, "alice", "gpu")
+                assert row is not None and row.last_seq >= item.seq  # already applied
+        assert types == ["ServerRequested", "ServerAccepted", "ServerSubmitted",
+                         "ServerStarted", "ServerReady"]
+        assert seen.empty()  # nothing about other subjects
+    finally:
+        await stop(task)

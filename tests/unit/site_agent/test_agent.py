@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 from fedhub.events.envelope import new_event
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.events.store import Delivery, StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     KeyPublished,
@@ -281,3 +282,60 @@ async def test_a_queued_job_tells_the_user_why_it_waits(store: MemoryStore,
     reports = [i.event.data["message"] async for i in
                store.read(subjects.site_server("hpc", "alice", ""))]
     assert reports[1:3] == ["queued (Priority)", "queued (Resources)"]
+
+
+async def test_a_slow_command_for_one_server_does_not_hold_up_another(
+        settings: SiteAgentSettings) -> None:
+    gate = asyncio.Event()
+
+    class SlowForAlice(MemoryStore):
+        async def last(self, subject: str) -> StoredEvent | None:
+            if subject == subjects.site_server("hpc", "alice", ""):
+                await gate.wait()  # e.g. a slow round trip to the log
+            return await super().last(subject)
+
+    store = SlowForAlice()
+    agent = SiteAgent(settings, store, FakeBackend())
+    await agent.start()
+    try:
+        await send(store, start_cmd(user="alice", spawn_id="s1"))
+        await send(store, start_cmd(user="bob", spawn_id="s2"))
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+        assert await server_events(store, "alice") == []
+        gate.set()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="alice")
+    finally:
+        await agent.close()
+
+
+async def test_a_failing_command_feed_does_not_abandon_commands_being_handled(
+        settings: SiteAgentSettings) -> None:
+    gate, cancelled = asyncio.Event(), []
+
+    class FlakyFeed(MemoryStore):
+        async def last(self, subject: str) -> StoredEvent | None:
+            if subject == subjects.site_server("hpc", "alice", ""):
+                try:
+                    await gate.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(subject)
+                    raise
+            return await super().last(subject)
+
+        async def consume(self, subjects: str, *, durable: str
+                          ) -> AsyncGenerator[Delivery, None]:
+            async for delivery in super().consume(subjects, durable=durable):
+                yield delivery
+                raise TimeoutError("the feed hiccuped")  # e.g. a fetch timing out
+
+    store = FlakyFeed()
+    agent = SiteAgent(settings, store, FakeBackend())
+    await agent.start()
+    try:
+        await send(store, start_cmd(user="alice"))
+        await asyncio.sleep(0.1)  # the feed failed while alice's start was in hand
+        gate.set()
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="alice")
+        assert cancelled == []
+    finally:
+        await agent.close()

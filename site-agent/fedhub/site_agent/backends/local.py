@@ -10,7 +10,6 @@ import signal
 import socket
 import time
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,6 @@ from fedhub.site_agent.backends.base import (
     JobStatus,
     Phase,
     ServerSpec,
-    through_to_running,
 )
 from fedhub.site_agent.backends.process import (
     alive,
@@ -43,12 +41,61 @@ IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
 STOP_GRACE = 10.0
 
 
+PORT_HOLD = 120.0  # seconds a port handed out is not handed out again
+BIND_ATTEMPTS = 3  # starts on fresh ports when the chosen one was taken before the bind
+_handed_out: dict[int, float] = {}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the server binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that is free now and was not handed out in the last ``PORT_HOLD`` s.
+
+    The server binds it a moment later, so the kernel may give the same port to the next
+    caller meanwhile (it knows nothing of our plans): under hundreds of concurrent starts
+    that happens. Remembering what was handed out prevents it within this agent; another
+    program may still take the port first, which ``start`` survives by trying again.
+    """
+    now = time.monotonic()
+    for old, when in list(_handed_out.items()):
+        if now - when > PORT_HOLD:
+            del _handed_out[old]
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out[port] = now
+            return port
+    raise BackendError("cannot find a free TCP port")
+
+
+def lost_the_port(log_path: Path, port: int) -> bool:
+    """True if the server's last start on ``port`` ended because the port was taken."""
+    text = log_tail(log_path, lines=200, limit=20000)
+    marker = f"on port {port}\n"
+    _, found, after = text.rpartition(marker)
+    return bool(found) and "already in use" in after.lower()
+
+
+async def _spawn_in_thread(argv: list[str], env: dict[str, str], log_path: Path) -> int:
+    """``spawn_detached`` off the event loop: it returns only once the child has exec'd,
+    which takes tens of milliseconds while hundreds of servers start, and the agent has
+    other work meanwhile. A child whose start was cancelled meanwhile is killed."""
+    spawning = asyncio.ensure_future(asyncio.to_thread(spawn_detached, argv, env, log_path))
+
+    def orphaned(done: asyncio.Future[int]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            signal_group(done.result(), signal.SIGKILL)
+            reap(done.result())
+
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        spawning.add_done_callback(orphaned)
+        raise
+
+
+class PortTaken(BackendError):
+    """The server exited because another socket took its port before it could bind."""
 
 
 def log_tail(path: Path, lines: int = 15, limit: int = 3000) -> str:
@@ -110,8 +157,8 @@ class LocalProcessBackend:
             *root_flag,
         ]
 
-    async def start(self, spec: ServerSpec) -> AsyncGenerator[Checkpoint, None]:
-        """See :meth:`Backend.start`: spawn, yield SUBMITTED, wait for ``<prefix>api``."""
+    async def _launch(self, spec: ServerSpec) -> dict[str, Any]:
+        """Spawn the server on a fresh port; returns its job state."""
         root = self.data_dir / "users" / subject_token(spec.user)
         log_path = self.data_dir / "logs" / f"{spec.key}.log"
         port = free_port(self.host)
@@ -127,11 +174,11 @@ class LocalProcessBackend:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("a") as fh:
                 fh.write(f"--- fedhub: starting spawn {spec.spawn_id} on port {port}\n")
-            pid = spawn_detached(argv, env, log_path)
+            pid = await _spawn_in_thread(argv, env, log_path)
         except OSError as exc:
             raise BackendError(f"cannot start Jupyter: {exc}") from exc
         st = proc_state(pid)
-        state: dict[str, Any] = {
+        return {
             "pid": pid,
             "port": port,
             "host": self.host,
@@ -139,19 +186,51 @@ class LocalProcessBackend:
             "log": str(log_path),
             "prefix": spec.prefix,
         }
-        submitted = Checkpoint(Phase.SUBMITTED, state, job_id=str(pid),
-                             message=f"Starting Jupyter server (pid {pid})")
-        async with aclosing(through_to_running(self, spec, submitted)) as steps:
-            async for cp in steps:
-                yield cp
+
+    async def start(self, spec: ServerSpec) -> AsyncGenerator[Checkpoint, None]:
+        """See :meth:`Backend.start`: spawn, yield SUBMITTED, wait for ``<prefix>api``.
+
+        A server that lost its port to another socket before binding it is started again
+        on a new port (the RUNNING checkpoint carries the state of the one that runs)."""
+        state = await self._launch(spec)
+        running = False
+        try:
+            yield Checkpoint(Phase.SUBMITTED, state, job_id=str(state["pid"]),
+                             message=f"Starting Jupyter server (pid {state['pid']})")
+            for attempt in range(1, BIND_ATTEMPTS + 1):
+                try:
+                    await self._wait_ready(spec, state)
+                    break
+                except PortTaken:
+                    if attempt == BIND_ATTEMPTS:
+                        raise
+                    log.info("%s lost port %s before binding it; starting again",
+                             spec.key, state["port"])
+                    state = await self._launch(spec)
+            running = True
+            yield self._running(state)
+        finally:
+            if not running:  # failed, timed out or cancelled: leave nothing behind
+                await self.stop(state)
 
     async def resume(
         self, spec: ServerSpec, state: Mapping[str, Any]
     ) -> AsyncGenerator[Checkpoint, None]:
         """See :meth:`Backend.resume`: wait until ``<prefix>api`` answers 200."""
-        pid, starttime = int(state["pid"]), int(state["starttime"])
+        await self._wait_ready(spec, state)
+        yield self._running(state)
+
+    @staticmethod
+    def _running(state: Mapping[str, Any]) -> Checkpoint:
         target = f"http://{state['host']}:{state['port']}"
-        url = f"{target}{spec.prefix}api"
+        return Checkpoint(Phase.RUNNING, dict(state), job_id=str(state["pid"]), target=target,
+                          message=f"Jupyter server is running at {target}")
+
+    async def _wait_ready(self, spec: ServerSpec, state: Mapping[str, Any]) -> None:
+        """Wait until the server answers; raises PortTaken if it exited because its port
+        was taken, BackendError if it exited otherwise or did not answer in time."""
+        pid, starttime = int(state["pid"]), int(state["starttime"])
+        url = f"http://{state['host']}:{state['port']}{spec.prefix}api"
         log_path = Path(str(state.get("log", "")))
 
         async def still_running() -> None:
@@ -159,12 +238,12 @@ class LocalProcessBackend:
             if exit_reason or not alive(pid, starttime):
                 tail = log_tail(log_path)
                 how = f" ({exit_reason})" if exit_reason else ""
-                raise BackendError(f"Jupyter exited during start{how}"
-                                   + (f"; last log lines:\n{tail}" if tail else ""))
+                error = (PortTaken if lost_the_port(log_path, int(state["port"]))
+                         else BackendError)
+                raise error(f"Jupyter exited during start{how}"
+                            + (f"; last log lines:\n{tail}" if tail else ""))
 
         await wait_until_ready(url, self.ready_timeout, still_running)
-        yield Checkpoint(Phase.RUNNING, dict(state), job_id=str(pid), target=target,
-                         message=f"Jupyter server is running at {target}")
 
     async def stop(self, state: Mapping[str, Any]) -> None:
         """See :meth:`Backend.stop`: SIGTERM to the group, SIGKILL after 10 s."""

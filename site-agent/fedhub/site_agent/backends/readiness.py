@@ -10,7 +10,11 @@ import aiohttp
 
 from fedhub.site_agent.errors import BackendError
 
-READY_POLL = 0.25  # seconds between readiness checks
+# Seconds between readiness checks: a server that is up within milliseconds is seen
+# within milliseconds, and one that takes a minute costs only four checks a second.
+FIRST_POLL = 0.01
+MAX_POLL = 0.25
+POLL_GROWTH = 1.5
 
 
 async def answers(http: aiohttp.ClientSession, url: str) -> bool:
@@ -28,6 +32,7 @@ async def wait_until_ready(url: str, timeout: float,
     BackendError if the job has ended (with the reason, e.g. the log's last lines).
     Raises BackendError when ``timeout`` seconds pass without an answer."""
     deadline = time.monotonic() + timeout
+    pause = FIRST_POLL
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         while True:
             await still_running()
@@ -35,4 +40,5 @@ async def wait_until_ready(url: str, timeout: float,
                 return
             if time.monotonic() > deadline:
                 raise BackendError(f"Jupyter did not answer at {url} within {timeout:.0f} s")
-            await asyncio.sleep(READY_POLL)
+            await asyncio.sleep(pause)
+            pause = min(pause * POLL_GROWTH, MAX_POLL)
