@@ -18,7 +18,6 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
@@ -248,7 +247,7 @@ class JetStreamStore:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=None)
-                except NatsTimeout:
+                except TimeoutError:  # nats-py raises its own or asyncio's
                     continue
                 yield msg
                 if until_caught_up and msg.metadata.num_pending == 0:
@@ -280,7 +279,7 @@ class JetStreamStore:
                 try:
                     batch = await sub.fetch(min(_FETCH_BATCH, pending), timeout=5)
                     stalls = 0
-                except NatsTimeout as exc:
+                except TimeoutError as exc:  # nats-py raises its own or asyncio's
                     stalls += 1
                     if stalls >= _MAX_STALLS:  # refused, or the server went away
                         raise StoreUnavailable(f"reading {subjects} stalled") from exc
@@ -369,7 +368,7 @@ class JetStreamStore:
             while True:
                 try:
                     batch = await sub.fetch(16, timeout=5)
-                except NatsTimeout:
+                except TimeoutError:  # nats-py raises its own or asyncio's
                     continue
                 except NatsError as exc:
                     log.warning("consumer %s: fetch failed (%s); retrying", durable, exc)
