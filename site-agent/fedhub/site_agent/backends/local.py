@@ -24,6 +24,7 @@ from fedhub.site_agent.backends.base import (
 )
 from fedhub.site_agent.backends.process import (
     alive,
+    group_alive,
     proc_state,
     reap,
     signal_group,
@@ -254,17 +255,23 @@ class LocalProcessBackend:
             return
         if not alive(pid, starttime):
             return
+
+        # The server's kernels share its process group and may outlive it by a moment:
+        # the server is stopped only when the whole group is gone.
+        def running() -> bool:
+            return alive(pid, starttime) or group_alive(pid)
+
         signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            if not alive(pid, starttime):
+            await asyncio.sleep(0.05)
+            if not running():
                 return
         log.warning("server pid %d ignored SIGTERM for %.0f s, killing it", pid, STOP_GRACE)
         signal_group(pid, signal.SIGKILL)
-        for _ in range(50):
-            await asyncio.sleep(0.1)
-            if not alive(pid, starttime):
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not running():
                 return
         raise BackendError(f"process {pid} is still running after SIGKILL")
 

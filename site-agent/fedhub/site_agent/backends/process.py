@@ -77,6 +77,33 @@ def spawn_detached(argv: list[str], env: dict[str, str], log_path: Path) -> int:
     return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
 
 
+def group_alive(pid: int) -> bool:
+    """True while a live (not zombie) process of the group led by ``pid`` exists.
+
+    Zombies do not count: an orphaned kernel waits for init to reap it, which is not ours
+    to wait for (and may never happen in a container whose init does not reap).
+    """
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = Path(f"/proc/{entry.name}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()
+            # fields[0] is field 3 (state), fields[2] field 5 (process group).
+            if fields[2] == str(pid) and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
 def signal_group(pid: int, sig: signal.Signals) -> None:
     """Send ``sig`` to the process group led by ``pid`` (the server and its kernels)."""
     try:
