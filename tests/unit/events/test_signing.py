@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,21 @@ def test_load_or_create_refuses_a_non_ed25519_key(tmp_path: Path) -> None:
     path.write_bytes(pem)
     with pytest.raises(ValueError, match="not an Ed25519 private key"):
         SigningKey.load_or_create(path)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda sig: sig[:-4],  # truncated
+    lambda sig: sig + "AA",  # too long
+    lambda sig: "",  # empty
+    lambda sig: b64e(b"\0" * 64),  # right length, wrong bytes
+    lambda sig: "not base64!",
+])
+def test_keyring_refuses_malformed_signatures(
+    key: SigningKey, ring: KeyRing, mangle: Callable[[str], str]
+) -> None:
+    sig = key.sign(b"payload")
+    assert ring.verify(key.kid, b"payload", sig, COORD).kid == key.kid
+    with pytest.raises(InvalidSignature):
+        ring.verify(key.kid, b"payload", mangle(sig), COORD)
+    with pytest.raises(InvalidSignature):
+        ring.verify(key.kid, b"payloaD", sig, COORD)  # tampered data
