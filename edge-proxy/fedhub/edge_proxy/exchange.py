@@ -1,0 +1,383 @@
+"""One fast-path exchange: a request sent upstream, its response relayed to the client.
+
+Bodies are forwarded as they arrive, framing and all (a chunked body stays chunked), with
+flow control both ways: a full client write buffer pauses reading the upstream, a full
+upstream write buffer pauses reading the client. After a ``101 Switching Protocols`` both
+connections are piped byte for byte (WebSocket frames cross the proxy untouched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from fedhub.edge_proxy.headers import downstream_pairs, upstream_pairs
+from fedhub.edge_proxy.http1 import (
+    HEAD_END,
+    MAX_HEAD,
+    ChunkedScanner,
+    Framing,
+    MalformedMessage,
+    RequestHead,
+    ResponseHead,
+    body_framing,
+    build_head,
+    parse_response,
+    status_line,
+)
+from fedhub.edge_proxy.plan import Plan, without_query_param
+from fedhub.edge_proxy.upstream import Connection
+
+if TYPE_CHECKING:
+    from fedhub.edge_proxy.front import Client
+
+log = logging.getLogger(__name__)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_COMBINE = 16 * 1024  # response heads are sent in one write with body parts up to this
+
+
+class Exchange:
+    """Forwards one request; ``begin`` once, then the client and the upstream drive it."""
+
+    def __init__(self, client: Client, plan: Plan, head: RequestHead, framing: Framing,
+                 upstream_head: bytes, upgrade: str | None, accept: str) -> None:
+        self.client = client
+        self.plan = plan
+        self.head_request = head.method == "HEAD"
+        self.upstream_head = upstream_head
+        self.upgrade = upgrade
+        self.accept = accept
+        self.req_remaining = framing.length
+        self.req_scanner = ChunkedScanner() if framing.chunked else None
+        self.req_done = not framing.length and not framing.chunked
+        self.conn: Connection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.reused = False
+        self.retried = False
+        self.done = False
+        self.piping = False
+        self.client_paused = False
+        self.resp_buf = b""
+        self.resp_started = False
+        self.resp_remaining = 0
+        self.resp_scanner: ChunkedScanner | None = None
+        self.resp_until_close = False
+        self.resp_close = False
+        self.resp_reusable = False
+        self.activity = 0  # bumped by traffic; the timer compares it between ticks
+        self.seen = -1
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def start(cls, client: Client, head: RequestHead, headers: dict[str, str], plan: Plan,
+              raw_head: bytes) -> Exchange | None:
+        """The exchange for ``head``, or None if it should be handed over (odd framing)."""
+        framing = body_framing(headers, request=True)
+        if framing is None:
+            return None
+        upgrade = None
+        if head.upgrade and headers.get("upgrade", "").lower() == "websocket":
+            if framing.length or framing.chunked:
+                return None
+            upgrade = headers["upgrade"]
+        target = head.target
+        if plan.source == "query":  # the fedhub token must not reach the user's server
+            target = without_query_param(target, "token")
+        pairs = upstream_pairs(
+            head.headers, remote=client.remote, scheme="http", host=headers.get("host", ""),
+            assertion=plan.assertion, strip_authorization=plan.source == "header",
+            upgrade=upgrade,
+        )
+        if framing.chunked:
+            pairs.append(("Transfer-Encoding", "chunked"))
+        upstream_head = build_head(f"{head.method} {target} HTTP/1.1", pairs)
+        exchange = cls(client, plan, head, framing, upstream_head, upgrade,
+                       headers.get("accept", ""))
+        if not exchange.req_done and headers.get("expect", "").lower() == "100-continue":
+            client.write(CONTINUE)
+        return exchange
+
+    # -- connecting --------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Send the request over a pooled connection, or open one."""
+        address = self.plan.address
+        if address is not None:
+            conn = self.client.front.pool.take(address)
+            if conn is not None:
+                self.attach(conn, reused=True)
+                return
+        self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        front = self.client.front
+        try:
+            address = self.plan.address
+            if address is None:
+                address = await front.gate.tunnel_address(self.plan.target)
+            conn = await front.pool.connect(address)
+        except UpstreamError as exc:
+            self.connecting = None
+            if not self.done:
+                self.fail(exc)
+            return
+        self.connecting = None
+        if self.done:
+            conn.close()
+            return
+        self.attach(conn, reused=False)
+
+    def attach(self, conn: Connection, *, reused: bool) -> None:
+        """Use ``conn``: send the head and whatever of the body has arrived."""
+        self.conn = conn
+        self.reused = reused
+        conn.owner = self
+        conn.write(self.upstream_head)
+        self.pump_request()
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(
+                self.client.front.timeout, self._tick)
+
+    # -- request body ------------------------------------------------------------------
+
+    def pump_request(self) -> None:
+        """Forward buffered request body bytes (the rest of the buffer is the next request)."""
+        conn = self.conn
+        client = self.client
+        if conn is None or self.req_done or not client.buf:
+            return
+        buf = client.buf
+        scanner = self.req_scanner
+        if scanner is not None:
+            try:
+                n = scanner.feed(buf)
+            except MalformedMessage:
+                self.abort()
+                client.abort()
+                return
+            self.req_done = scanner.done
+        else:
+            n = min(self.req_remaining, len(buf))
+            self.req_remaining -= n
+            self.req_done = not self.req_remaining
+        self.activity += 1
+        conn.write(buf if n == len(buf) else buf[:n])
+        client.buf = buf[n:]
+        client.update_reading()  # reading may have paused while nothing could be sent
+
+    def to_upstream(self, data: bytes) -> None:
+        """Piped bytes from the client."""
+        if self.conn is not None:
+            self.conn.write(data)
+
+    # -- response ----------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from the upstream: the response head, then its body."""
+        if self.piping:
+            self.client.write(data)
+            return
+        self.activity += 1
+        if self.resp_started:
+            self._relay(data)
+            return
+        buf = self.resp_buf + data if self.resp_buf else data
+        end = buf.find(HEAD_END)
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self.fail(UpstreamProtocolError("response head too large"))
+            else:
+                self.resp_buf = buf
+            return
+        self.resp_buf = b""
+        try:
+            head = parse_response(buf[:end + 4])
+        except MalformedMessage as exc:
+            self.fail(UpstreamProtocolError(f"malformed response: {exc}"))
+            return
+        self._response(head, buf[end + 4:])
+
+    def _response(self, head: ResponseHead, rest: bytes) -> None:
+        status = head.status
+        headers: dict[str, str] = {}
+        for name, value in head.headers:
+            headers.setdefault(name.lower(), value)
+        if status == 101:
+            self._pipe(head, headers, rest)
+            return
+        if status < 200:  # an interim answer (103 Early Hints): the final one follows
+            self.client.write(build_head(status_line(status, head.reason),
+                                         downstream_pairs(head.headers)))
+            if rest:
+                self.upstream_data(rest)
+            return
+        framing: Framing | None = Framing()
+        if not (self.head_request or status in (204, 304)):
+            framing = body_framing(headers, request=False)
+            if framing is None:
+                self.fail(UpstreamProtocolError("ambiguous response framing"))
+                return
+        assert framing is not None
+        close = framing.until_close or self.client.closing
+        pairs = downstream_pairs(head.headers)
+        if framing.chunked:
+            pairs.append(("Transfer-Encoding", "chunked"))
+        if close:
+            pairs.append(("Connection", "close"))
+        self.resp_started = True
+        self.resp_close = close
+        self.resp_reusable = head.keep_alive and not framing.until_close
+        self.resp_remaining = framing.length
+        self.resp_scanner = ChunkedScanner() if framing.chunked else None
+        self.resp_until_close = framing.until_close
+        out = build_head(status_line(status, head.reason), pairs)
+        if not (framing.length or framing.chunked or framing.until_close):
+            self.client.write(out)
+            self.finish()
+        else:
+            self._relay(rest, out)
+
+    def _relay(self, data: bytes, prefix: bytes = b"") -> None:
+        scanner = self.resp_scanner
+        if scanner is not None:
+            try:
+                n = scanner.feed(data)
+            except MalformedMessage as exc:
+                log.info("%s: broken chunked response: %s", self.plan.label, exc)
+                self.client.abort()
+                self.abort()
+                return
+            done = scanner.done
+        elif self.resp_until_close:
+            n, done = len(data), False
+        else:
+            n = min(self.resp_remaining, len(data))
+            self.resp_remaining -= n
+            done = not self.resp_remaining
+        if n < len(data):  # bytes after the response: this connection cannot be trusted
+            self.resp_reusable = False
+            data = data[:n]
+        if prefix and len(data) <= _COMBINE:
+            self.client.write(prefix + data)
+        else:
+            if prefix:
+                self.client.write(prefix)
+            if data:
+                self.client.write(data)
+        if done:
+            self.finish()
+
+    def _pipe(self, head: ResponseHead, headers: dict[str, str], rest: bytes) -> None:
+        if self.upgrade is None or self.conn is None:
+            self.fail(UpstreamProtocolError("101 Switching Protocols without an upgrade"))
+            return
+        pairs = downstream_pairs(head.headers)
+        pairs += [("Connection", "Upgrade"), ("Upgrade", headers.get("upgrade", self.upgrade))]
+        self.piping = True
+        self._stop_timer()
+        self.client.write(build_head(status_line(101, head.reason), pairs) + rest)
+        client = self.client
+        if client.buf:
+            self.conn.write(client.buf)
+            client.buf = b""
+        client.update_reading()
+
+    # -- flow control ------------------------------------------------------------------
+
+    def client_blocked(self, blocked: bool) -> None:
+        """The client's write buffer is full (True) or drained (False)."""
+        self.client_paused = blocked
+        if self.conn is not None:
+            self.conn.pause_reading(blocked)
+
+    def upstream_blocked(self, blocked: bool) -> None:
+        """The upstream's write buffer is full (True) or drained (False)."""
+        self.client.upstream_blocked(blocked)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.done or self.piping:
+            return
+        if self.activity != self.seen or self.client_paused or not self.req_done:
+            self.seen = self.activity
+            self.timer = asyncio.get_running_loop().call_later(
+                self.client.front.timeout, self._tick)
+            return
+        if self.resp_started:
+            log.info("%s stopped answering mid-response", self.plan.label)
+            self.client.abort()
+            self.abort()
+        else:
+            self.fail(UpstreamTimeout("the server did not answer in time"))
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- the end -----------------------------------------------------------------------
+
+    def upstream_closed(self, conn: Connection) -> None:
+        """The upstream ended the connection: the end of a response, or a failure."""
+        if conn is not self.conn or self.done:
+            return
+        self.conn = None
+        conn.close()
+        if self.piping:
+            self.done = True
+            self.client.close()
+        elif self.resp_started:
+            if self.resp_until_close:
+                self.finish()
+            else:
+                log.info("%s closed the connection mid-response", self.plan.label)
+                self.client.abort()
+                self.abort()
+        elif self.reused and not self.retried and not self.resp_buf and self._replayable():
+            # A pooled connection the upstream closed just before we used it: try a fresh one.
+            self.retried = True
+            self.connecting = asyncio.ensure_future(self._connect())
+        else:
+            self.fail(UpstreamProtocolError("the server closed the connection"))
+
+    def _replayable(self) -> bool:
+        return self.req_scanner is None and not self.req_remaining and self.req_done
+
+    def fail(self, exc: UpstreamError) -> None:
+        """Answer the client with the error page for ``exc`` (no response was relayed)."""
+        if self.resp_started:
+            self.client.abort()
+            self.abort()
+            return
+        log.info("%s: %s", self.plan.label, exc)
+        status, message = self.client.front.gate.failure(exc, self.plan)
+        self.abort()
+        close = not self.req_done or self.piping
+        self.client.answer(pages.render_error(status, message, self.accept), close=close)
+        self.client.finished(close=close)
+
+    def finish(self) -> None:
+        """The response is complete: keep the upstream connection if it is reusable."""
+        self.done = True
+        self._stop_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.resp_reusable and self.req_done and not conn.closed:
+                self.client.front.pool.release(conn)
+            else:
+                conn.close()
+        self.client.finished(close=self.resp_close or not self.req_done)
+
+    def abort(self) -> None:
+        """Drop the upstream side (the client is gone or gets an error instead)."""
+        self.done = True
+        self._stop_timer()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
