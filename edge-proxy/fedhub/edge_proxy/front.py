@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from fedhub.edge_proxy import pages
 from fedhub.edge_proxy.errors import UpstreamError
@@ -73,7 +73,9 @@ class Front:
             self._server = None
         for client in list(self.clients):
             client.abort()
+        await asyncio.sleep(0)  # aborted clients' connection_lost closes their upstreams
         self.pool.close()
+        await asyncio.sleep(0)  # the loop finishes closing the transports
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,8 +103,8 @@ class Client(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
         self.front.clients.add(self)

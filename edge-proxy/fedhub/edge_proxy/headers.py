@@ -122,3 +122,50 @@ def downstream_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """``downstream_pairs`` for an aiohttp client response."""
     return CIMultiDict(downstream_pairs(upstream.items()))
+
+
+_NEEDLES = tuple((name, b"\r\n" + name.encode() + b":") for name in sorted(HOP_BY_HOP))
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_UNDERSTOOD = frozenset({"keep-alive", "close", "upgrade"}) | HOP_BY_HOP
+
+
+def strip_hop_by_hop(block: bytes) -> tuple[bytes, dict[str, str]] | None:
+    """``downstream_pairs`` on raw bytes, for the fast path (no per-header Python work).
+
+    ``block`` is a response head after its status line: it starts with CRLF and ends with
+    CRLF CRLF. Returns the block without hop-by-hop headers, and the values of those and
+    of Content-Length by lowercase name. Returns None for anything unusual (a repeated
+    framing header, folded lines, extra names in Connection): use ``downstream_pairs``.
+    """
+    if b"\r\n " in block or b"\r\n\t" in block:
+        return None
+    low = block.lower()
+    found: dict[str, str] = {}
+    spans: list[tuple[int, int]] = []
+    for name, needle in _NEEDLES:
+        pos = low.find(needle)
+        if pos < 0:
+            continue
+        end = low.find(b"\r\n", pos + 2)
+        if low.find(needle, end) >= 0:
+            return None
+        found[name] = block[pos + len(needle):end].strip().decode("latin-1")
+        spans.append((pos, end))
+    pos = low.find(_CONTENT_LENGTH)
+    if pos >= 0:
+        end = low.find(b"\r\n", pos + 2)
+        if low.find(_CONTENT_LENGTH, end) >= 0:
+            return None
+        found["content-length"] = block[pos + len(_CONTENT_LENGTH):end].strip().decode("latin-1")
+    if "connection" in found and connection_tokens(found["connection"]) - _UNDERSTOOD:
+        return None
+    if not spans:
+        return block, found
+    spans.sort()
+    parts = []
+    last = 0
+    for pos, end in spans:
+        parts.append(block[last:pos])
+        last = end
+    parts.append(block[last:])
+    return b"".join(parts), found

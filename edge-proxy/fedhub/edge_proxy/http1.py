@@ -67,7 +67,7 @@ def parse_request(head: bytes) -> RequestHead:
         raise MalformedMessage(str(exc) or type(exc).__name__) from exc
     out.method = parser.get_method().decode("latin-1")
     out.version = parser.get_http_version()
-    out.keep_alive = parser.should_keep_alive()
+    out.keep_alive = _keep_alive(out.version, out.headers)
     return out
 
 
@@ -82,8 +82,20 @@ def parse_response(head: bytes) -> ResponseHead:
     except httptools.HttpParserError as exc:
         raise MalformedMessage(str(exc) or type(exc).__name__) from exc
     out.status = parser.get_status_code()
-    out.keep_alive = parser.should_keep_alive()
+    out.keep_alive = _keep_alive(parser.get_http_version(), out.headers)
     return out
+
+
+def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
+    # httptools' should_keep_alive() is reset once a message is complete, as a bodiless
+    # head is when it is fed alone: decide from the version and Connection instead.
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(","))
+    if version == "1.1":
+        return "close" not in tokens
+    return version == "1.0" and "keep-alive" in tokens
 
 
 @dataclass(slots=True)
