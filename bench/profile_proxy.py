@@ -66,7 +66,8 @@ def main() -> None:
                     cpu = cpu_seconds(proxy.pid) - cpu0
                     rps = [ln for ln in out.splitlines() if "Requests/sec" in ln]
                     n = float(rps[0].split()[-1]) * args.seconds if rps else 1
-                    user, system = (b - a for a, b in zip(split0, _user_sys(proxy.pid)))
+                    split1 = _user_sys(proxy.pid)
+                    user, system = split1[0] - split0[0], split1[1] - split0[1]
                     print(size, rps[0] if rps else out[-300:],
                           f"cpu/req {cpu / n * 1e6:.0f} us (user {user / n * 1e6:.0f},"
                           f" system {system / n * 1e6:.0f})", flush=True)
