@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fedhub.edge_proxy import pages
 from fedhub.edge_proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from fedhub.edge_proxy.headers import downstream_pairs, upstream_pairs
+from fedhub.edge_proxy.headers import downstream_head, downstream_pairs, upstream_pairs
 from fedhub.edge_proxy.http1 import (
     HEAD_END,
     MAX_HEAD,
@@ -25,7 +25,9 @@ from fedhub.edge_proxy.http1 import (
     ResponseHead,
     body_framing,
     build_head,
+    keep_alive,
     parse_response,
+    parse_status,
     status_line,
 )
 from fedhub.edge_proxy.plan import Plan, without_query_param
@@ -41,6 +43,14 @@ _COMBINE = 16 * 1024  # response heads are sent in one write with body parts up 
 
 class Exchange:
     """Forwards one request; ``begin`` once, then the client and the upstream drive it."""
+
+    __slots__ = (
+        "accept", "activity", "client", "client_paused", "conn", "connecting", "done",
+        "head_request", "piping", "plan", "quiet_ticks", "req_done", "req_remaining",
+        "req_scanner", "resp_buf", "resp_close", "resp_remaining", "resp_reusable",
+        "resp_scanner", "resp_started", "resp_until_close", "retried", "reused", "seen",
+        "upgrade", "upstream_head"
+    )
 
     def __init__(self, client: Client, plan: Plan, head: RequestHead, framing: Framing,
                  upstream_head: bytes, upgrade: str | None, accept: str) -> None:
@@ -67,9 +77,9 @@ class Exchange:
         self.resp_until_close = False
         self.resp_close = False
         self.resp_reusable = False
-        self.activity = 0  # bumped by traffic; the timer compares it between ticks
+        self.activity = 0  # bumped by traffic; ``tick`` compares it between ticks
         self.seen = -1
-        self.timer: asyncio.TimerHandle | None = None
+        self.quiet_ticks = 0
 
     @classmethod
     def start(cls, client: Client, head: RequestHead, headers: dict[str, str], plan: Plan,
@@ -137,9 +147,6 @@ class Exchange:
         conn.owner = self
         conn.write(self.upstream_head)
         self.pump_request()
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(
-                self.client.front.timeout, self._tick)
 
     # -- request body ------------------------------------------------------------------
 
@@ -193,12 +200,21 @@ class Exchange:
                 self.resp_buf = buf
             return
         self.resp_buf = b""
+        raw, rest = buf[:end + 4], buf[end + 4:]
         try:
-            head = parse_response(buf[:end + 4])
+            status, version = parse_status(raw)
+            fast = downstream_head(raw) if status >= 200 else None
+            if fast is None:  # interim, switching or unusual: the general path
+                self._response(parse_response(raw), rest)
+                return
         except MalformedMessage as exc:
             self.fail(UpstreamProtocolError(f"malformed response: {exc}"))
             return
-        self._response(head, buf[end + 4:])
+        out, found = fast
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in found.items()}
+        self._respond(status, keep_alive(version, headers.get("connection")), headers, out,
+                      rest)
 
     def _response(self, head: ResponseHead, rest: bytes) -> None:
         status = head.status
@@ -214,6 +230,13 @@ class Exchange:
             if rest:
                 self.upstream_data(rest)
             return
+        out = build_head(status_line(status, head.reason), downstream_pairs(head.headers))
+        self._respond(status, head.keep_alive, headers, out[:-2], rest)
+
+    def _respond(self, status: int, upstream_keep_alive: bool, headers: dict[str, str],
+                 out: bytes, rest: bytes) -> None:
+        """Relay a final response: ``out`` is its head without framing headers and the
+        empty line; ``headers`` holds at least its framing headers (lowercase names)."""
         framing: Framing | None = Framing()
         if not (self.head_request or status in (204, 304)):
             framing = body_framing(headers, request=False)
@@ -222,18 +245,17 @@ class Exchange:
                 return
         assert framing is not None
         close = framing.until_close or self.client.closing
-        pairs = downstream_pairs(head.headers)
         if framing.chunked:
-            pairs.append(("Transfer-Encoding", "chunked"))
+            out += b"Transfer-Encoding: chunked\r\n"
         if close:
-            pairs.append(("Connection", "close"))
+            out += b"Connection: close\r\n"
+        out += b"\r\n"
         self.resp_started = True
         self.resp_close = close
-        self.resp_reusable = head.keep_alive and not framing.until_close
+        self.resp_reusable = upstream_keep_alive and not framing.until_close
         self.resp_remaining = framing.length
         self.resp_scanner = ChunkedScanner() if framing.chunked else None
         self.resp_until_close = framing.until_close
-        out = build_head(status_line(status, head.reason), pairs)
         if not (framing.length or framing.chunked or framing.until_close):
             self.client.write(out)
             self.finish()
@@ -277,7 +299,6 @@ class Exchange:
         pairs = downstream_pairs(head.headers)
         pairs += [("Connection", "Upgrade"), ("Upgrade", headers.get("upgrade", self.upgrade))]
         self.piping = True
-        self._stop_timer()
         self.client.write(build_head(status_line(101, head.reason), pairs) + rest)
         client = self.client
         if client.buf:
@@ -297,14 +318,20 @@ class Exchange:
         """The upstream's write buffer is full (True) or drained (False)."""
         self.client.upstream_blocked(blocked)
 
-    def _tick(self) -> None:
-        self.timer = None
-        if self.done or self.piping:
+    def tick(self) -> None:
+        """Called every half timeout: time out an upstream silent for two ticks.
+
+        One shared timer instead of one per request: arming and cancelling a timer for
+        every request would cost more than the rest of its bookkeeping.
+        """
+        if self.done or self.piping or self.conn is None:
             return
         if self.activity != self.seen or self.client_paused or not self.req_done:
             self.seen = self.activity
-            self.timer = asyncio.get_running_loop().call_later(
-                self.client.front.timeout, self._tick)
+            self.quiet_ticks = 0
+            return
+        self.quiet_ticks += 1
+        if self.quiet_ticks < 2:
             return
         if self.resp_started:
             log.info("%s stopped answering mid-response", self.plan.label)
@@ -312,11 +339,6 @@ class Exchange:
             self.abort()
         else:
             self.fail(UpstreamTimeout("the server did not answer in time"))
-
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     # -- the end -----------------------------------------------------------------------
 
@@ -362,7 +384,6 @@ class Exchange:
     def finish(self) -> None:
         """The response is complete: keep the upstream connection if it is reusable."""
         self.done = True
-        self._stop_timer()
         conn, self.conn = self.conn, None
         if conn is not None:
             if self.resp_reusable and self.req_done and not conn.closed:
@@ -374,7 +395,6 @@ class Exchange:
     def abort(self) -> None:
         """Drop the upstream side (the client is gone or gets an error instead)."""
         self.done = True
-        self._stop_timer()
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None

@@ -55,6 +55,7 @@ class Front:
         self.clients: set[Client] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port``. Raises OSError if the port is taken."""
@@ -62,12 +63,14 @@ class Front:
         self._server = await loop.create_server(lambda: Client(self), host, port,
                                                 backlog=1024)
         self._sweeper = loop.call_later(IDLE_CLIENT / 3, self._sweep)
+        self._ticker = loop.call_later(self.timeout / 2, self._tick)
 
     async def stop(self) -> None:
         """Stop listening and close every fast-path connection (idempotent)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._ticker):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._ticker = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -84,9 +87,20 @@ class Front:
             client.abort()
         self._sweeper = loop.call_later(IDLE_CLIENT / 3, self._sweep)
 
+    def _tick(self) -> None:
+        for client in list(self.clients):
+            if client.exchange is not None:
+                client.exchange.tick()
+        self._ticker = asyncio.get_running_loop().call_later(self.timeout / 2, self._tick)
+
 
 class Client(asyncio.Protocol):
     """One client connection on the fast path (until it is handed over)."""
+
+    __slots__ = (
+        "_blocked_by_upstream", "_closing", "_reading_paused", "buf", "exchange", "front", "idle",
+        "idle_since", "remote", "transport"
+    )
 
     def __init__(self, front: Front) -> None:
         self.front = front

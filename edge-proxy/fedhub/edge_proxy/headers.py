@@ -124,48 +124,36 @@ def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict(downstream_pairs(upstream.items()))
 
 
-_NEEDLES = tuple((name, b"\r\n" + name.encode() + b":") for name in sorted(HOP_BY_HOP))
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_UNDERSTOOD = frozenset({"keep-alive", "close", "upgrade"}) | HOP_BY_HOP
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+_KNOWN_TOKENS = frozenset({"keep-alive", "close", "upgrade"}) | HOP_BY_HOP
 
 
-def strip_hop_by_hop(block: bytes) -> tuple[bytes, dict[str, str]] | None:
-    """``downstream_pairs`` on raw bytes, for the fast path (no per-header Python work).
+def downstream_head(head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
+    """``downstream_pairs`` on a raw response head, for the fast path.
 
-    ``block`` is a response head after its status line: it starts with CRLF and ends with
-    CRLF CRLF. Returns the block without hop-by-hop headers, and the values of those and
-    of Content-Length by lowercase name. Returns None for anything unusual (a repeated
-    framing header, folded lines, extra names in Connection): use ``downstream_pairs``.
+    Returns the head as an HTTP/1.1 status line and its headers without hop-by-hop ones,
+    ending after the last header's CRLF (the caller adds its own framing headers and the
+    empty line), and the values of the removed headers and Content-Length by lowercase
+    name. Returns None for anything unusual (a header repeated among those, folded
+    lines, other names listed in Connection): then use ``downstream_pairs``.
     """
-    if b"\r\n " in block or b"\r\n\t" in block:
-        return None
-    low = block.lower()
-    found: dict[str, str] = {}
-    spans: list[tuple[int, int]] = []
-    for name, needle in _NEEDLES:
-        pos = low.find(needle)
-        if pos < 0:
-            continue
-        end = low.find(b"\r\n", pos + 2)
-        if low.find(needle, end) >= 0:
+    lines = head.split(b"\r\n")
+    kept = [b"HTTP/1.1" + lines[0][8:]]
+    found: dict[bytes, bytes] = {}
+    for line in lines[1:-2]:
+        name, _, value = line.partition(b":")
+        lname = name.lower()
+        if lname in _HOP_BY_HOP_BYTES or lname == b"content-length":
+            if lname in found or line[:1] in (b" ", b"\t"):
+                return None
+            found[lname] = value.strip()
+            if lname != b"content-length":
+                continue
+        elif line[:1] in (b" ", b"\t"):
             return None
-        found[name] = block[pos + len(needle):end].strip().decode("latin-1")
-        spans.append((pos, end))
-    pos = low.find(_CONTENT_LENGTH)
-    if pos >= 0:
-        end = low.find(b"\r\n", pos + 2)
-        if low.find(_CONTENT_LENGTH, end) >= 0:
-            return None
-        found["content-length"] = block[pos + len(_CONTENT_LENGTH):end].strip().decode("latin-1")
-    if "connection" in found and connection_tokens(found["connection"]) - _UNDERSTOOD:
+        kept.append(line)
+    connection = found.get(b"connection")
+    if connection and connection_tokens(connection.decode("latin-1")) - _KNOWN_TOKENS:
         return None
-    if not spans:
-        return block, found
-    spans.sort()
-    parts = []
-    last = 0
-    for pos, end in spans:
-        parts.append(block[last:pos])
-        last = end
-    parts.append(block[last:])
-    return b"".join(parts), found
+    kept.append(b"")
+    return b"\r\n".join(kept), found

@@ -86,16 +86,40 @@ def parse_response(head: bytes) -> ResponseHead:
     return out
 
 
-def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
-    # httptools' should_keep_alive() is reset once a message is complete, as a bodiless
-    # head is when it is fed alone: decide from the version and Connection instead.
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(t.strip().lower() for t in value.split(","))
+class _NoCallbacks:
+    __slots__ = ()
+
+
+_NO_CALLBACKS = _NoCallbacks()
+
+
+def parse_status(head: bytes) -> tuple[int, str]:
+    """Status and HTTP version of one complete response head, validated by httptools
+    without a Python call per header. Raises MalformedMessage."""
+    parser = httptools.HttpResponseParser(_NO_CALLBACKS)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as exc:
+        raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+    return parser.get_status_code(), parser.get_http_version()
+
+
+def keep_alive(version: str, connection: str | None) -> bool:
+    """Whether a connection stays open after a message of ``version`` with this
+    ``Connection`` header value."""
+    tokens = {t.strip().lower() for t in connection.split(",")} if connection else set()
     if version == "1.1":
         return "close" not in tokens
     return version == "1.0" and "keep-alive" in tokens
+
+
+def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
+    # httptools' should_keep_alive() is reset once a message is complete, as a bodiless
+    # head is when it is fed alone: decide from the version and Connection instead.
+    values = [value for name, value in headers if name.lower() == "connection"]
+    return keep_alive(version, ",".join(values))
 
 
 @dataclass(slots=True)

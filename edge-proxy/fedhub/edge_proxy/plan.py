@@ -10,6 +10,8 @@ import functools
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlsplit
 
+from fedhub.edge_proxy.routes import Route
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -20,21 +22,41 @@ class Address:
     path: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
-    """Forward to ``target`` with these credentials' rules; ``label`` names it in errors.
+    """Forward to ``target`` with these credentials' rules.
 
     ``address`` is None when it must be looked up asynchronously (a tunnel target).
     ``source`` is where the caller's credential came from ("header", "query", "cookie"),
-    None for the hub (nothing is stripped or asserted then).
+    None for the hub (nothing is stripped or asserted then). ``route`` is the user
+    server's route (None: the hub). Not frozen: a frozen dataclass costs a microsecond
+    more to build, on every request.
     """
 
     target: str
     address: Address | None
     assertion: str | None
     source: str | None
-    label: str
-    site: str = ""
+    route: Route | None = None
+
+    @property
+    def label(self) -> str:
+        """What the target is called in error pages and logs."""
+        route = self.route
+        if route is None:
+            return "the hub"
+        where = f" at site {route.site}" if route.site else ""
+        return f"{who(route.user, route.server)}{where}"
+
+    @property
+    def site(self) -> str:
+        """The site of the user's server ("" for the hub)."""
+        return self.route.site if self.route is not None else ""
+
+
+def who(user: str, server: str) -> str:
+    """How error pages name a user's server."""
+    return f"the server {server!r} of {user}" if server else f"the server of {user}"
 
 
 @functools.lru_cache(maxsize=4096)

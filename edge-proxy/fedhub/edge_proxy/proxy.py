@@ -27,7 +27,7 @@ from fedhub.edge_proxy.forward import Forwarder, upstream_url
 from fedhub.edge_proxy.front import Front
 from fedhub.edge_proxy.headers import upstream_headers
 from fedhub.edge_proxy.http1 import RequestHead
-from fedhub.edge_proxy.plan import Address, Plan, tcp_address, without_query_param
+from fedhub.edge_proxy.plan import Address, Plan, tcp_address, who, without_query_param
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
@@ -47,7 +47,7 @@ MAX_REDIRECTS = 3
 ROUTE_WAIT = 0.5  # seconds per redirect round to wait for a route the hub already knows
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Access:
     """Who asks (None: nobody we know) for the server of ``owner``, and its route if any."""
 
@@ -76,7 +76,7 @@ class EdgeProxy:
         self._hub = settings.hub_url
         self._admin_access = settings.admin_access
         self._started = time.monotonic()
-        self._hub_plan = Plan(self._hub, tcp_address(self._hub), None, None, "the hub")
+        self._hub_plan = Plan(self._hub, tcp_address(self._hub), None, None)
         self._runner: web.ServerRunner | None = None
         self._front: Front | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -212,8 +212,7 @@ class EdgeProxy:
     def _plan(self, route: Route, identity: Identity, source: str) -> Plan:
         assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
                                          token_auth=source != "cookie")
-        return Plan(route.target, tcp_address(route.target), assertion, source,
-                    _label(route), route.site)
+        return Plan(route.target, tcp_address(route.target), assertion, source, route)
 
     def _identify(self, authorization: str | None, query_string: str, cookie: str | None
                   ) -> tuple[Identity, str] | None:
@@ -275,10 +274,10 @@ class EdgeProxy:
         rest = path[6:].split("/", 2)
         server = rest[1] if len(rest) > 1 and rest[1] in self.state.servers.get(owner, ()) else ""
         if not pages.wants_html(request):
-            return pages.error(request, 503, f"server not running: {_who(owner, server)}")
+            return pages.error(request, 503, f"server not running: {who(owner, server)}")
         if rounds >= MAX_REDIRECTS:
             return pages.error(
-                request, 503, f"{_who(owner, server)} is not running, or its route has not"
+                request, 503, f"{who(owner, server)} is not running, or its route has not"
                 " reached this proxy yet. Reload in a moment, or start it from the hub.")
         user_path = f"/user/{url_segment(owner)}/"
         cookie = (f"{REDIRECTS_COOKIE}={rounds + 1}; Path={user_path}; Max-Age=30; HttpOnly;"
@@ -327,15 +326,6 @@ class EdgeProxy:
             log.info("%s: %s", plan.label, exc)
             status, message = self.failure(exc, plan)
             return pages.error(request, status, message)
-
-
-def _who(user: str, server: str) -> str:
-    return f"the server {server!r} of {user}" if server else f"the server of {user}"
-
-
-def _label(route: Route) -> str:
-    where = f" at site {route.site}" if route.site else ""
-    return f"{_who(route.user, route.server)}{where}"
 
 
 def _int(value: str | None) -> int:

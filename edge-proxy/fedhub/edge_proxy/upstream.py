@@ -34,6 +34,10 @@ class Owner(Protocol):
 class Connection(asyncio.Protocol):
     """One upstream connection (TCP or UNIX)."""
 
+    __slots__ = (
+        "address", "closed", "idle_since", "owner", "pool", "reading_paused", "transport"
+    )
+
     def __init__(self, pool: Pool, address: Address) -> None:
         self.pool = pool
         self.address = address
