@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedhub.edge_proxy import pages
@@ -39,6 +40,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _COMBINE = 16 * 1024  # response heads are sent in one write with body parts up to this
+
+
+@dataclass(slots=True)
+class Memo:
+    """The last request head read on a connection and what the header rules made of it.
+
+    Clients repeat heads on keep-alive connections (polling, API scripts, load tests):
+    parsing and the header rules are then skipped. The decisions (credentials, route,
+    owner, assertion) are never memoized; they run for every request, and the upstream
+    head is reused only for the same assertion, credential source and target.
+    """
+
+    raw: bytes
+    head: RequestHead
+    headers: dict[str, str]  # lowercase names, first value
+    key: tuple[str | None, str | None, str] | None = None
+    framing: Framing | None = None
+    upgrade: str | None = None
+    upstream_head: bytes = b""
 
 
 class Exchange:
@@ -82,29 +102,37 @@ class Exchange:
         self.quiet_ticks = 0
 
     @classmethod
-    def start(cls, client: Client, head: RequestHead, headers: dict[str, str], plan: Plan,
-              raw_head: bytes) -> Exchange | None:
-        """The exchange for ``head``, or None if it should be handed over (odd framing)."""
-        framing = body_framing(headers, request=True)
-        if framing is None:
-            return None
-        upgrade = None
-        if head.upgrade and headers.get("upgrade", "").lower() == "websocket":
-            if framing.length or framing.chunked:
+    def start(cls, client: Client, memo: Memo, plan: Plan) -> Exchange | None:
+        """The exchange for the request in ``memo``, or None to hand it over (odd framing)."""
+        head, headers = memo.head, memo.headers
+        key = (plan.assertion, plan.source, plan.target)
+        if memo.key != key:
+            memo.key = key
+            memo.upstream_head = b""
+            memo.framing = body_framing(headers, request=True)
+            framing = memo.framing
+            if framing is None:
                 return None
-            upgrade = headers["upgrade"]
-        target = head.target
-        if plan.source == "query":  # the fedhub token must not reach the user's server
-            target = without_query_param(target, "token")
-        pairs = upstream_pairs(
-            head.headers, remote=client.remote, scheme="http", host=headers.get("host", ""),
-            assertion=plan.assertion, strip_authorization=plan.source == "header",
-            upgrade=upgrade,
-        )
-        if framing.chunked:
-            pairs.append(("Transfer-Encoding", "chunked"))
-        upstream_head = build_head(f"{head.method} {target} HTTP/1.1", pairs)
-        exchange = cls(client, plan, head, framing, upstream_head, upgrade,
+            memo.upgrade = None
+            if head.upgrade and headers.get("upgrade", "").lower() == "websocket":
+                if framing.length or framing.chunked:
+                    memo.framing = None
+                    return None
+                memo.upgrade = headers["upgrade"]
+            target = head.target
+            if plan.source == "query":  # the fedhub token must not reach the user's server
+                target = without_query_param(target, "token")
+            pairs = upstream_pairs(
+                head.headers, remote=client.remote, scheme="http",
+                host=headers.get("host", ""), assertion=plan.assertion,
+                strip_authorization=plan.source == "header", upgrade=memo.upgrade,
+            )
+            if framing.chunked:
+                pairs.append(("Transfer-Encoding", "chunked"))
+            memo.upstream_head = build_head(f"{head.method} {target} HTTP/1.1", pairs)
+        if memo.framing is None:
+            return None
+        exchange = cls(client, plan, head, memo.framing, memo.upstream_head, memo.upgrade,
                        headers.get("accept", ""))
         if not exchange.req_done and headers.get("expect", "").lower() == "100-continue":
             client.write(CONTINUE)

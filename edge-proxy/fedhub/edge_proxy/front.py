@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 from fedhub.edge_proxy import pages
 from fedhub.edge_proxy.errors import UpstreamError
-from fedhub.edge_proxy.exchange import Exchange
+from fedhub.edge_proxy.exchange import Exchange, Memo
 from fedhub.edge_proxy.http1 import HEAD_END, MAX_HEAD, MalformedMessage, RequestHead, parse_request
 from fedhub.edge_proxy.plan import Address, Plan
 from fedhub.edge_proxy.upstream import Pool
@@ -98,8 +98,8 @@ class Client(asyncio.Protocol):
     """One client connection on the fast path (until it is handed over)."""
 
     __slots__ = (
-        "_blocked_by_upstream", "_closing", "_reading_paused", "buf", "exchange", "front", "idle",
-        "idle_since", "remote", "transport"
+        "_blocked_by_upstream", "_closing", "_reading_paused", "buf", "exchange", "front",
+        "idle", "idle_since", "memo", "remote", "transport"
     )
 
     def __init__(self, front: Front) -> None:
@@ -108,6 +108,7 @@ class Client(asyncio.Protocol):
         self.remote = ""
         self.buf = b""  # bytes read and not yet used
         self.exchange: Exchange | None = None
+        self.memo: Memo | None = None  # the last request head (see Memo)
         self.idle = True
         self.idle_since = 0.0
         self._blocked_by_upstream = False
@@ -179,22 +180,27 @@ class Client(asyncio.Protocol):
         if end + 4 > MAX_HEAD:
             self.refuse(431, "request head too large")
             return
-        try:
-            head = parse_request(buf[:end + 4])
-        except MalformedMessage as exc:
-            self.refuse(400, f"malformed request: {exc}")
-            return
-        if head.version != "1.1" or not head.target.startswith("/"):
-            self.hand_over()
-            return
-        headers: dict[str, str] = {}
-        for name, value in head.headers:
-            headers.setdefault(name.lower(), value)
-        plan = self.front.gate.plan(head, headers)
+        raw = buf if end + 4 == len(buf) else buf[:end + 4]
+        memo = self.memo
+        if memo is None or memo.raw != raw:
+            try:
+                head = parse_request(raw)
+            except MalformedMessage as exc:
+                self.refuse(400, f"malformed request: {exc}")
+                return
+            if head.version != "1.1" or not head.target.startswith("/"):
+                self.hand_over()
+                return
+            headers: dict[str, str] = {}
+            for name, value in head.headers:
+                headers.setdefault(name.lower(), value)
+            memo = self.memo = Memo(raw, head, headers)
+        head = memo.head
+        plan = self.front.gate.plan(head, memo.headers)
         if plan is None:
             self.hand_over()
             return
-        exchange = Exchange.start(self, head, headers, plan, buf[:end + 4])
+        exchange = Exchange.start(self, memo, plan)
         if exchange is None:
             self.hand_over()
             return

@@ -153,7 +153,8 @@ def downstream_head(head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
             return None
         kept.append(line)
     connection = found.get(b"connection")
-    if connection and connection_tokens(connection.decode("latin-1")) - _KNOWN_TOKENS:
+    if connection and connection.lower() not in (b"keep-alive", b"close") and (
+            connection_tokens(connection.decode("latin-1")) - _KNOWN_TOKENS):
         return None
     kept.append(b"")
     return b"\r\n".join(kept), found
