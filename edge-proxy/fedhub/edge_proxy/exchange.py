@@ -32,7 +32,7 @@ from fedhub.edge_proxy.http1 import (
     status_line,
 )
 from fedhub.edge_proxy.plan import Plan, without_query_param
-from fedhub.edge_proxy.upstream import Connection
+from fedhub.edge_proxy.upstream import Connection, ResponseMemo
 
 if TYPE_CHECKING:
     from fedhub.edge_proxy.front import Client
@@ -229,6 +229,11 @@ class Exchange:
             return
         self.resp_buf = b""
         raw, rest = buf[:end + 4], buf[end + 4:]
+        conn = self.conn
+        memo = conn.memo if conn is not None else None
+        if memo is not None and memo.raw == raw:
+            self._respond(memo.status, memo.keep_alive, memo.headers, memo.out, rest)
+            return
         try:
             status, version = parse_status(raw)
             fast = downstream_head(raw) if status >= 200 else None
@@ -241,8 +246,11 @@ class Exchange:
         out, found = fast
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in found.items()}
-        self._respond(status, keep_alive(version, headers.get("connection")), headers, out,
-                      rest)
+        memo = ResponseMemo(raw, status, keep_alive(version, headers.get("connection")),
+                            headers, out)
+        if conn is not None:
+            conn.memo = memo
+        self._respond(memo.status, memo.keep_alive, headers, out, rest)
 
     def _response(self, head: ResponseHead, rest: bytes) -> None:
         status = head.status

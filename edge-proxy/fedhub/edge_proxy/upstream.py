@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from fedhub.edge_proxy.errors import UpstreamUnreachable
@@ -31,11 +32,26 @@ class Owner(Protocol):
         """The upstream's write buffer is full (True) or drained again (False)."""
 
 
+@dataclass(slots=True)
+class ResponseMemo:
+    """The last response head on a connection and what the header rules made of it.
+
+    Upstreams repeat heads (nginx's change once a second, with Date): an identical head
+    skips parsing and filtering, as the request side's Memo does.
+    """
+
+    raw: bytes
+    status: int
+    keep_alive: bool
+    headers: dict[str, str]  # lowercase names of the hop-by-hop and framing headers
+    out: bytes  # the head for the client, without framing headers and the empty line
+
+
 class Connection(asyncio.Protocol):
     """One upstream connection (TCP or UNIX)."""
 
     __slots__ = (
-        "address", "closed", "idle_since", "owner", "pool", "reading_paused", "transport"
+        "address", "closed", "idle_since", "memo", "owner", "pool", "reading_paused", "transport"
     )
 
     def __init__(self, pool: Pool, address: Address) -> None:
@@ -46,6 +62,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.idle_since = 0.0
+        self.memo: ResponseMemo | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
