@@ -148,15 +148,19 @@ class Exchange:
             if conn is not None:
                 self.attach(conn, reused=True)
                 return
-        self.connecting = asyncio.ensure_future(self._connect())
+        self.connecting = asyncio.ensure_future(self._connect(pooled=address is None))
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, pooled: bool) -> None:
+        """Open a connection (or, for a tunnel, first look up its bridge, then reuse one)."""
         front = self.client.front
         try:
             address = self.plan.address
-            if address is None:
+            if address is None:  # checked on every request: a tunnel may have gone
                 address = await front.gate.tunnel_address(self.plan.target)
-            conn = await front.pool.connect(address)
+            conn = front.pool.take(address) if pooled else None
+            reused = conn is not None
+            if conn is None:
+                conn = await front.pool.connect(address)
         except UpstreamError as exc:
             self.connecting = None
             if not self.done:
@@ -164,9 +168,12 @@ class Exchange:
             return
         self.connecting = None
         if self.done:
-            conn.close()
+            if reused:
+                front.pool.release(conn)
+            else:
+                conn.close()
             return
-        self.attach(conn, reused=False)
+        self.attach(conn, reused=reused)
 
     def attach(self, conn: Connection, *, reused: bool) -> None:
         """Use ``conn``: send the head and whatever of the body has arrived."""
@@ -397,7 +404,7 @@ class Exchange:
         elif self.reused and not self.retried and not self.resp_buf and self._replayable():
             # A pooled connection the upstream closed just before we used it: try a fresh one.
             self.retried = True
-            self.connecting = asyncio.ensure_future(self._connect())
+            self.connecting = asyncio.ensure_future(self._connect(pooled=False))
         else:
             self.fail(UpstreamProtocolError("the server closed the connection"))
 
