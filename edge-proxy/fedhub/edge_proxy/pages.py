@@ -1,4 +1,8 @@
-"""The proxy's own answers: error pages (HTML for browsers, JSON otherwise) and redirects."""
+"""The proxy's own answers: error pages (HTML for browsers, JSON otherwise) and redirects.
+
+``render_error`` makes an ``Answer`` (status, headers, body) that both paths send: the
+fast path as bytes (``Answer.encode``), aiohttp's server as a response.
+"""
 
 from __future__ import annotations
 

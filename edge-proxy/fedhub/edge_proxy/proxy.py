@@ -75,6 +75,7 @@ class EdgeProxy:
         self.tunnels = Tunnels(settings, self.state, self.key)
         self._hub = settings.hub_url
         self._admin_access = settings.admin_access
+        self._access_log = settings.access_log
         self._started = time.monotonic()
         self._hub_plan = Plan(self._hub, tcp_address(self._hub), None, None)
         self._runner: web.ServerRunner | None = None
@@ -185,8 +186,8 @@ class EdgeProxy:
         routes and redirects are aiohttp's.
         """
         raw_path, _, query = head.target.partition("?")
-        if raw_path == HEALTH_PATH or not self.ready or "#" in query:
-            return None
+        if raw_path == HEALTH_PATH or not self.ready or "#" in query or self._access_log:
+            return None  # (aiohttp writes the access log: with it on, it answers all)
         path = _decoded(raw_path) if "%" in raw_path else raw_path
         if path.startswith("/user/") and len(path) > 6:
             access = self._access(path, headers.get("authorization"), query,

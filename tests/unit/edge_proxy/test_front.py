@@ -393,3 +393,27 @@ async def test_websocket_is_piped(proxy: EdgeProxy, tmp_path: Path) -> None:
                 assert await ws.receive_str(timeout=5) == f"eyJ:m{i}"
     finally:
         await runner.cleanup()
+
+
+async def test_with_the_access_log_on_aiohttp_answers_and_logs_every_request(
+    upstream: Scripted, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World()
+    store = MemoryStore()
+    for env in [*world.keys(), world.user("alice"),
+                world.route("alice", f"http://127.0.0.1:{upstream.port}")]:
+        await store.append(env)
+    settings = EdgeProxySettings(port=free_port(), hub_url="http://127.0.0.1:9",
+                                 data_dir=tmp_path, tunnel_port=-1, access_log=True)
+    proxy = EdgeProxy(settings, store)
+    await proxy.start()
+    try:
+        with caplog.at_level("INFO", logger="fedhub.edge_proxy.proxy"):
+            async with aiohttp.ClientSession() as session, session.get(
+                f"{proxy.url}/user/alice/logged",
+                headers={"Authorization": f"token {world.api_token('alice')}"},
+            ) as resp:
+                assert resp.status == 200 and await resp.read() == b"/user/alice/logged"
+        assert any("/user/alice/logged" in r.getMessage() for r in caplog.records)
+    finally:
+        await proxy.stop()
