@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_plus, urlsplit
 
 from fedhub.edge_proxy.routes import Route
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A TCP ``host:port``, or a UNIX socket ``path`` (a tunnel bridge) when set."""
+class Address(NamedTuple):
+    """A TCP ``host:port``, or a UNIX socket ``path`` (a tunnel bridge) when set.
+
+    A tuple: the pool hashes it twice per request, and a dataclass hashes in Python.
+    """
 
     host: str = ""
     port: int = 0
