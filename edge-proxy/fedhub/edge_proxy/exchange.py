@@ -65,10 +65,10 @@ class Exchange:
     """Forwards one request; ``begin`` once, then the client and the upstream drive it."""
 
     __slots__ = (
-        "accept", "activity", "client", "client_paused", "conn", "connecting", "done",
-        "head_request", "piping", "plan", "quiet_ticks", "req_done", "req_remaining",
+        "accept", "client", "client_paused", "conn", "connecting", "done",
+        "head_request", "last", "piping", "plan", "req_done", "req_remaining",
         "req_scanner", "resp_buf", "resp_close", "resp_remaining", "resp_reusable",
-        "resp_scanner", "resp_started", "resp_until_close", "retried", "reused", "seen",
+        "resp_scanner", "resp_started", "resp_until_close", "retried", "reused",
         "upgrade", "upstream_head"
     )
 
@@ -97,9 +97,7 @@ class Exchange:
         self.resp_until_close = False
         self.resp_close = False
         self.resp_reusable = False
-        self.activity = 0  # bumped by traffic; ``tick`` compares it between ticks
-        self.seen = -1
-        self.quiet_ticks = 0
+        self.last = 0.0  # loop time of the last upstream traffic (see ``tick``)
 
     @classmethod
     def start(cls, client: Client, memo: Memo, plan: Plan) -> Exchange | None:
@@ -180,6 +178,7 @@ class Exchange:
         self.conn = conn
         self.reused = reused
         conn.owner = self
+        self.last = self.client.front.clock()
         conn.write(self.upstream_head)
         self.pump_request()
 
@@ -205,7 +204,7 @@ class Exchange:
             n = min(self.req_remaining, len(buf))
             self.req_remaining -= n
             self.req_done = not self.req_remaining
-        self.activity += 1
+        self.last = self.client.front.clock()
         conn.write(buf if n == len(buf) else buf[:n])
         client.buf = buf[n:]
         client.update_reading()  # reading may have paused while nothing could be sent
@@ -222,7 +221,7 @@ class Exchange:
         if self.piping:
             self.client.write(data)
             return
-        self.activity += 1
+        self.last = self.client.front.clock()
         if self.resp_started:
             self._relay(data)
             return
@@ -361,20 +360,19 @@ class Exchange:
         """The upstream's write buffer is full (True) or drained (False)."""
         self.client.upstream_blocked(blocked)
 
-    def tick(self) -> None:
-        """Called every half timeout: time out an upstream silent for two ticks.
+    def tick(self, now: float) -> None:
+        """Called every second or so: time out an upstream silent for ``timeout`` seconds.
 
         One shared timer instead of one per request: arming and cancelling a timer for
-        every request would cost more than the rest of its bookkeeping.
+        every request would cost more than the rest of its bookkeeping. Waiting on the
+        client (a slow upload, a full client buffer) does not count.
         """
         if self.done or self.piping or self.conn is None:
             return
-        if self.activity != self.seen or self.client_paused or not self.req_done:
-            self.seen = self.activity
-            self.quiet_ticks = 0
+        if self.client_paused or not self.req_done:
+            self.last = now
             return
-        self.quiet_ticks += 1
-        if self.quiet_ticks < 2:
+        if now - self.last < self.client.front.timeout:
             return
         if self.resp_started:
             log.info("%s stopped answering mid-response", self.plan.label)
@@ -401,8 +399,10 @@ class Exchange:
                 log.info("%s closed the connection mid-response", self.plan.label)
                 self.client.abort()
                 self.abort()
-        elif self.reused and not self.retried and not self.resp_buf and self._replayable():
+        elif (self.reused and not self.retried and not self.resp_buf and self._replayable()
+              and self.plan.address is not None):
             # A pooled connection the upstream closed just before we used it: try a fresh one.
+            # (Not for tunnels: a bridge closes only when its tunnel failed; report that.)
             self.retried = True
             self.connecting = asyncio.ensure_future(self._connect(pooled=False))
         else:

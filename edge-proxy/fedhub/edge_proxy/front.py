@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
@@ -51,6 +52,8 @@ class Front:
         self.gate = gate
         self.fallback = fallback  # aiohttp's web.Server: a protocol factory
         self.timeout = timeout
+        self.tick_interval = min(timeout / 4, 1.0)
+        self.clock: Callable[[], float] = time.monotonic  # the loop's clock once started
         self.pool = Pool(timeout)
         self.clients: set[Client] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -60,10 +63,11 @@ class Front:
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port``. Raises OSError if the port is taken."""
         loop = asyncio.get_running_loop()
+        self.clock = loop.time
         self._server = await loop.create_server(lambda: Client(self), host, port,
                                                 backlog=1024)
         self._sweeper = loop.call_later(IDLE_CLIENT / 3, self._sweep)
-        self._ticker = loop.call_later(self.timeout / 2, self._tick)
+        self._ticker = loop.call_later(self.tick_interval, self._tick)
 
     async def stop(self) -> None:
         """Stop listening and close every fast-path connection (idempotent)."""
@@ -88,10 +92,11 @@ class Front:
         self._sweeper = loop.call_later(IDLE_CLIENT / 3, self._sweep)
 
     def _tick(self) -> None:
+        now = self.clock()
         for client in list(self.clients):
             if client.exchange is not None:
-                client.exchange.tick()
-        self._ticker = asyncio.get_running_loop().call_later(self.timeout / 2, self._tick)
+                client.exchange.tick(now)
+        self._ticker = asyncio.get_running_loop().call_later(self.tick_interval, self._tick)
 
 
 class Client(asyncio.Protocol):
