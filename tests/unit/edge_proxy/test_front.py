@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from fedhub.edge_proxy.plan import Plan
 from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.events.memory import MemoryStore
@@ -417,3 +418,12 @@ async def test_with_the_access_log_on_aiohttp_answers_and_logs_every_request(
         assert any("/user/alice/logged" in r.getMessage() for r in caplog.records)
     finally:
         await proxy.stop()
+
+
+async def test_a_tunnel_target_without_its_tunnel_is_answered_as_unreachable(
+    proxy: EdgeProxy
+) -> None:
+    plan = Plan("tunnel://site-a/carol._", None, "assertion", "cookie")
+    assert proxy.tunnel_gone(plan) == (
+        503, "the site site-a is unreachable (no tunnel from its agent)")
+    assert proxy.tunnel_gone(Plan("tunnel://bad", None, None, None)) is None
