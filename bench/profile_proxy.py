@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--routes", type=int, default=10_000)
+    ap.add_argument("--native", action="store_true", help="http: include C frames (uvloop)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedhub-profile-"))
     out = BENCH / "out"
@@ -57,18 +59,23 @@ def main() -> None:
                 url = f"http://127.0.0.1:{proxy.port}/user/{USER}/{size}.bin"
                 for _ in range(3):
                     cpu0 = cpu_seconds(proxy.pid)
+                    split0 = _user_sys(proxy.pid)
                     out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s",
                                           "-H", f"Authorization: token {token}", url],
                                          capture_output=True, text=True).stdout
                     cpu = cpu_seconds(proxy.pid) - cpu0
                     rps = [ln for ln in out.splitlines() if "Requests/sec" in ln]
                     n = float(rps[0].split()[-1]) * args.seconds if rps else 1
+                    split1 = _user_sys(proxy.pid)
+                    user, system = split1[0] - split0[0], split1[1] - split0[1]
                     print(size, rps[0] if rps else out[-300:],
-                          f"cpu/req {cpu / n * 1e6:.0f} us", flush=True)
+                          f"cpu/req {cpu / n * 1e6:.0f} us (user {user / n * 1e6:.0f},"
+                          f" system {system / n * 1e6:.0f})", flush=True)
         elif args.what == "http":
             proxy = start_edge_proxy(procs, root, nats, be, "edge")
             url = f"http://127.0.0.1:{proxy.port}/user/{USER}/{args.size}.bin"
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(proxy.pid), "-r", "200",
+            native = ["--native"] if args.native else []
+            spy = subprocess.Popen(["py-spy", "record", *native, "-p", str(proxy.pid), "-r", "200",
                                     "-d", str(args.seconds + 1), "-f", "raw",
                                     "-o", str(out / "profile-http.txt")])
             time.sleep(0.5)
@@ -83,6 +90,13 @@ def main() -> None:
             summarize(prof)
     finally:
         procs.stop_all()
+
+
+def _user_sys(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of one process (where the proxy's time goes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def summarize(path: Path, top: int = 25) -> None:

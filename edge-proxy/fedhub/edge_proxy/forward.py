@@ -1,5 +1,8 @@
 """Forwarding HTTP requests and WebSocket sessions to an upstream, streaming both ways.
 
+This is aiohttp's path, for the requests the fast path (front.py) hands over: HTTP/1.0
+clients, connections handed over earlier, https upstreams, routes that appear late.
+
 One pooled ClientSession serves every upstream: keep-alive connections are reused, bodies
 are never buffered or decompressed, redirects are passed to the client. aiohttp's client
 exceptions are translated into fedhub.edge_proxy.errors here and nowhere else.

@@ -1,31 +1,40 @@
 """The edge proxy: authenticate, authorize and forward each request by the route table.
 
 Per request the proxy does dictionary lookups (route, cached token claims, cached
-assertion, users and revocations) and the upstream I/O, nothing else.
+assertion, users and revocations) and the upstream I/O, nothing else. The decisions live
+here and serve both paths: the fast path (front.py: ``plan``, ``failure``) and aiohttp's
+server, which answers everything the fast path hands over (``handle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from urllib.parse import quote
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
+from yarl import URL
 
 from fedhub.edge_proxy import pages
 from fedhub.edge_proxy.assertion import AssertionCache
 from fedhub.edge_proxy.auth import Authenticator, Identity, authorization_token, session_cookie
 from fedhub.edge_proxy.errors import UpstreamError, UpstreamUnreachable
 from fedhub.edge_proxy.forward import Forwarder, upstream_url
+from fedhub.edge_proxy.front import Front
 from fedhub.edge_proxy.headers import upstream_headers
+from fedhub.edge_proxy.http1 import RequestHead
+from fedhub.edge_proxy.plan import Address, Plan, tcp_address, who, without_query_param
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.edge_proxy.sync import follow, publish_key, rebuild
-from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable
-from fedhub.edge_proxy.tunnel_target import is_tunnel
+from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable, unreachable_message
+from fedhub.edge_proxy.tunnel_bridge import TunnelForwarder
+from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore
@@ -36,6 +45,17 @@ HEALTH_PATH = "/_fedhub/health"
 REDIRECTS_COOKIE = "fedhub-redirects"
 MAX_REDIRECTS = 3
 ROUTE_WAIT = 0.5  # seconds per redirect round to wait for a route the hub already knows
+
+
+@dataclass(slots=True)
+class Access:
+    """Who asks (None: nobody we know) for the server of ``owner``, and its route if any."""
+
+    identity: Identity | None
+    source: str  # where the credential came from: "header", "query" or "cookie"
+    owner: str
+    route: Route | None
+    allowed: bool
 
 
 class EdgeProxy:
@@ -55,8 +75,11 @@ class EdgeProxy:
         self.tunnels = Tunnels(settings, self.state, self.key)
         self._hub = settings.hub_url
         self._admin_access = settings.admin_access
+        self._access_log = settings.access_log
         self._started = time.monotonic()
+        self._hub_plan = Plan(self._hub, tcp_address(self._hub), None, None)
         self._runner: web.ServerRunner | None = None
+        self._front: Front | None = None
         self._follower: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -71,8 +94,8 @@ class EdgeProxy:
         server = web.Server(self.handle, access_log=log if self.settings.access_log else None)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
-        await site.start()
+        self._front = Front(self, server, self.settings.upstream_timeout)
+        await self._front.start(self.settings.host, self.settings.port)
         await publish_key(self.store, self.key, self.settings.name)
         start = await rebuild(self.store, self.state)
         self._follower = asyncio.create_task(
@@ -89,6 +112,9 @@ class EdgeProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        if self._front is not None:
+            await self._front.stop()
+            self._front = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -118,7 +144,7 @@ class EdgeProxy:
             return await self._user(request, path)
         if path == "/":
             return pages.redirect("/hub/")
-        return await self._forward(request, self._hub, None, None, "the hub")
+        return await self._forward(request, self._hub_plan)
 
     def _health(self) -> web.Response:
         ready = self.ready and self._follower is not None and not self._follower.done()
@@ -130,39 +156,74 @@ class EdgeProxy:
         return pages.json_response(200 if ready else 503, body)
 
     async def _user(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        route = self.state.routes.match(path)
-        found = self._identify(request)
-        if found is None:
+        headers = request.headers
+        access = self._access(path, headers.get("Authorization"), request.query_string,
+                              headers.get("Cookie"))
+        identity, owner = access.identity, access.owner
+        if identity is None:
             if pages.wants_html(request):
                 return pages.redirect(f"/hub/login?next={quote(request.raw_path, safe='')}")
             return pages.error(request, 401, "authentication required")
-        identity, source = found
-        owner = route.user if route is not None else path[6:].split("/", 1)[0]
-        if identity.user != owner and not (identity.admin and self._admin_access):
+        if not access.allowed:
             return pages.error(
                 request, 403, f"you are logged in as {identity.user}: this server belongs to"
                 f" {owner} and only {owner} may use it")
+        route = access.route
         if route is None:
             waited = await self._no_route(request, path, owner)
             if not isinstance(waited, Route):
                 return waited
             route = waited
+        return await self._forward(request, self._plan(route, identity, access.source))
+
+    # -- decisions (both paths) --------------------------------------------------------
+
+    def plan(self, head: RequestHead, headers: dict[str, str]) -> Plan | None:
+        """Where the fast path forwards this request; None when aiohttp must answer it.
+
+        Only requests that are simply forwarded take the fast path: a user's own server
+        that has a route, or the hub (over plain HTTP). Health checks, refusals, missing
+        routes and redirects are aiohttp's.
+        """
+        raw_path, _, query = head.target.partition("?")
+        if raw_path == HEALTH_PATH or not self.ready or "#" in query or self._access_log:
+            return None  # (aiohttp writes the access log: with it on, it answers all)
+        path = _decoded(raw_path) if "%" in raw_path else raw_path
+        if path.startswith("/user/") and len(path) > 6:
+            access = self._access(path, headers.get("authorization"), query,
+                                  headers.get("cookie"))
+            if access.route is None or access.identity is None or not access.allowed:
+                return None
+            return self._plan(access.route, access.identity, access.source)
+        if path == "/" or self._hub_plan.address is None:
+            return None
+        return self._hub_plan
+
+    def _access(self, path: str, authorization: str | None, query_string: str,
+                cookie: str | None) -> Access:
+        route = self.state.routes.match(path)
+        owner = route.user if route is not None else path[6:].split("/", 1)[0]
+        found = self._identify(authorization, query_string, cookie)
+        if found is None:
+            return Access(None, "", owner, route, False)
+        identity, source = found
+        allowed = identity.user == owner or (identity.admin and self._admin_access)
+        return Access(identity, source, owner, route, allowed)
+
+    def _plan(self, route: Route, identity: Identity, source: str) -> Plan:
         assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
                                          token_auth=source != "cookie")
-        return await self._forward(request, route.target, assertion, source, _label(route),
-                                   route.site)
+        return Plan(route.target, tcp_address(route.target), assertion, source, route)
 
-    def _identify(self, request: web.BaseRequest) -> tuple[Identity, str] | None:
+    def _identify(self, authorization: str | None, query_string: str, cookie: str | None
+                  ) -> tuple[Identity, str] | None:
         """The identity and where it came from ("header", "query", "cookie"), or None."""
-        headers = request.headers
         candidates: list[tuple[str, str, str]] = []
-        header = headers.get("Authorization")
-        if header and (token := authorization_token(header)):
+        if authorization and (token := authorization_token(authorization)):
             candidates.append((token, "api", "header"))
-        if "token=" in request.query_string and (token := request.query.get("token", "")):
+        if "token=" in query_string and (token := _query_token(query_string)):
             candidates.append((token, "api", "query"))
-        cookies = headers.get("Cookie")
-        if cookies and (token := session_cookie(cookies)):
+        if cookie and (token := session_cookie(cookie)):
             candidates.append((token, "session", "cookie"))
         for token, typ, source in candidates:
             try:
@@ -170,6 +231,44 @@ class EdgeProxy:
             except InvalidToken as exc:
                 log.debug("refusing %s %s: %s", typ, source, exc)
         return None
+
+    async def tunnel_address(self, target: str) -> Address:
+        """The bridge socket reaching a ``tunnel://`` target.
+
+        Raises TunnelUnavailable when the site has no live tunnel or no such forward.
+        """
+        try:
+            forwarder = await self.tunnels.forwarder(target)
+        except ValueError as exc:
+            raise TunnelUnavailable(f"bad tunnel target: {exc}") from exc
+        if not isinstance(forwarder, TunnelForwarder):
+            raise TunnelUnavailable(f"no bridge for {target}")
+        return Address(path=str(forwarder.path))
+
+    def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
+        """The answer for a tunnel target whose tunnel is gone (None: it is up).
+
+        A bridge that loses its tunnel while a request waits answers 503 itself; once the
+        tunnel is gone, the client gets the same answer as any request after it.
+        """
+        try:
+            site, key = parse_target(plan.target)
+        except ValueError:
+            return None
+        if self.tunnels.registry.lookup(site, key) is not None:
+            return None
+        return 503, unreachable_message(site)
+
+    def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
+        """The status and message a client gets when forwarding by ``plan`` failed."""
+        if isinstance(exc, TunnelUnavailable):
+            return 503, str(exc)
+        if isinstance(exc, UpstreamUnreachable):
+            return exc.status, self._unreachable(plan.label, plan.site)
+        if plan.site in self.state.unreachable_sites:
+            return 503, self._unreachable(plan.label, plan.site)
+        what = "did not answer in time" if exc.status == 504 else "answered badly"
+        return exc.status, f"{plan.label} {what}"
 
     async def _no_route(
         self, request: web.BaseRequest, path: str, owner: str
@@ -190,10 +289,10 @@ class EdgeProxy:
         rest = path[6:].split("/", 2)
         server = rest[1] if len(rest) > 1 and rest[1] in self.state.servers.get(owner, ()) else ""
         if not pages.wants_html(request):
-            return pages.error(request, 503, f"server not running: {_who(owner, server)}")
+            return pages.error(request, 503, f"server not running: {who(owner, server)}")
         if rounds >= MAX_REDIRECTS:
             return pages.error(
-                request, 503, f"{_who(owner, server)} is not running, or its route has not"
+                request, 503, f"{who(owner, server)} is not running, or its route has not"
                 " reached this proxy yet. Reload in a moment, or start it from the hub.")
         user_path = f"/user/{url_segment(owner)}/"
         cookie = (f"{REDIRECTS_COOKIE}={rounds + 1}; Path={user_path}; Max-Age=30; HttpOnly;"
@@ -216,48 +315,32 @@ class EdgeProxy:
                     "answer again when the site reconnects")
         return f"{label} is not reachable"
 
-    async def _forward(
-        self, request: web.BaseRequest, target: str, assertion: str | None,
-        source: str | None, label: str, site: str = "",
-    ) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, plan: Plan) -> web.StreamResponse:
         forwarder = self._forwarder
+        target, source = plan.target, plan.source
         if is_tunnel(target):
             try:
                 forwarder = await self.tunnels.forwarder(target)
             except TunnelUnavailable as exc:
-                log.info("%s: %s", label, exc)
+                log.info("%s: %s", plan.label, exc)
                 return pages.error(request, 503, str(exc))
             target = TUNNEL_BASE  # the bridge's socket decides where it goes
         url = upstream_url(target, request)
         if source == "query":  # the fedhub token must not reach the user's server
-            url = url.with_query([(k, v) for k, v in url.query.items() if k != "token"])
+            url = URL(target + without_query_param(url.raw_path_qs, "token"), encoded=True)
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         headers = upstream_headers(
-            request, assertion=assertion, strip_authorization=source == "header",
+            request, assertion=plan.assertion, strip_authorization=source == "header",
             websocket=websocket,
         )
         try:
             if websocket:
                 return await forwarder.websocket(request, url, headers)
             return await forwarder.http(request, url, headers)
-        except UpstreamUnreachable as exc:
-            log.info("%s unreachable: %s", label, exc)
-            return pages.error(request, exc.status, self._unreachable(label, site))
         except UpstreamError as exc:
-            log.info("%s failed: %s", label, exc)
-            if site in self.state.unreachable_sites:
-                return pages.error(request, 503, self._unreachable(label, site))
-            what = "did not answer in time" if exc.status == 504 else "answered badly"
-            return pages.error(request, exc.status, f"{label} {what}")
-
-
-def _who(user: str, server: str) -> str:
-    return f"the server {server!r} of {user}" if server else f"the server of {user}"
-
-
-def _label(route: Route) -> str:
-    where = f" at site {route.site}" if route.site else ""
-    return f"{_who(route.user, route.server)}{where}"
+            log.info("%s: %s", plan.label, exc)
+            status, message = self.failure(exc, plan)
+            return pages.error(request, status, message)
 
 
 def _int(value: str | None) -> int:
@@ -265,3 +348,16 @@ def _int(value: str | None) -> int:
         return max(0, int(value)) if value else 0
     except ValueError:
         return 0
+
+
+def _query_token(query_string: str) -> str | None:
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        if name == "token":
+            return value or None
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(raw_path: str) -> str:
+    # The same decoding aiohttp applies to request.path, so both paths match alike.
+    return URL.build(path=raw_path, encoded=True).path

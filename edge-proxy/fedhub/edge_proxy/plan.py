@@ -1,0 +1,85 @@
+"""What the proxy decided for one request, and where an upstream listens.
+
+Shared by the decisions (proxy.py) and the fast path (front.py, upstream.py), which must
+not import each other's modules in a circle.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+from urllib.parse import unquote_plus, urlsplit
+
+from fedhub.edge_proxy.routes import Route
+
+
+class Address(NamedTuple):
+    """A TCP ``host:port``, or a UNIX socket ``path`` (a tunnel bridge) when set.
+
+    A tuple: the pool hashes it twice per request, and a dataclass hashes in Python.
+    """
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+@dataclass(slots=True)
+class Plan:
+    """Forward to ``target`` with these credentials' rules.
+
+    ``address`` is None when it must be looked up asynchronously (a tunnel target).
+    ``source`` is where the caller's credential came from ("header", "query", "cookie"),
+    None for the hub (nothing is stripped or asserted then). ``route`` is the user
+    server's route (None: the hub). Not frozen: a frozen dataclass costs a microsecond
+    more to build, on every request.
+    """
+
+    target: str
+    address: Address | None
+    assertion: str | None
+    source: str | None
+    route: Route | None = None
+
+    @property
+    def label(self) -> str:
+        """What the target is called in error pages and logs."""
+        route = self.route
+        if route is None:
+            return "the hub"
+        where = f" at site {route.site}" if route.site else ""
+        return f"{who(route.user, route.server)}{where}"
+
+    @property
+    def site(self) -> str:
+        """The site of the user's server ("" for the hub)."""
+        return self.route.site if self.route is not None else ""
+
+
+def who(user: str, server: str) -> str:
+    """How error pages name a user's server."""
+    return f"the server {server!r} of {user}" if server else f"the server of {user}"
+
+
+@functools.lru_cache(maxsize=4096)
+def tcp_address(target: str) -> Address | None:
+    """The address of an ``http://host:port`` target; None for any other scheme."""
+    parts = urlsplit(target)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return None
+    return Address(host=parts.hostname, port=port)
+
+
+def without_query_param(target: str, name: str) -> str:
+    """``target`` (path and query, as sent) without any ``name=...`` query parameter."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    # Names are compared decoded, as the server will read them (%74oken is token too).
+    kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != name]
+    return f"{path}?{'&'.join(kept)}" if kept else path

@@ -1,0 +1,429 @@
+"""The fast-path front end over real sockets: HTTP/1.1 edge cases, byte for byte.
+
+A scripted upstream answers exactly what each test needs; clients are raw sockets so that
+framing, pipelining and connection handling are visible. Every test runs on asyncio's
+loop and on uvloop (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from fedhub.edge_proxy.plan import Plan
+from fedhub.edge_proxy.proxy import EdgeProxy
+from fedhub.edge_proxy.settings import EdgeProxySettings
+from fedhub.events.memory import MemoryStore
+from tests.support.services import free_port
+from tests.unit.edge_proxy.factories import World
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
+
+
+class Scripted:
+    """An upstream whose answer to each request head is a test's coroutine."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.handler: Handler = _ok
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._writers:  # every connection ever accepted, closed or not
+            writer.transport.abort()
+        await asyncio.sleep(0.01)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                if not await self.handler(reader, writer, head):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+async def _ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
+    body = head.split(b" ", 2)[1]
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
+                 b"X-Up: 1\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    return True
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Scripted]:
+    up = Scripted()
+    await up.start()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def proxy(upstream: Scripted, tmp_path: Path) -> AsyncIterator[EdgeProxy]:
+    world = World()
+    store = MemoryStore()
+    for env in [*world.keys(), world.user("alice"), world.user("bob"),
+                world.route("alice", f"http://127.0.0.1:{upstream.port}")]:
+        await store.append(env)
+    settings = EdgeProxySettings(port=free_port(), hub_url="http://127.0.0.1:9",
+                                 data_dir=tmp_path, upstream_timeout=0.5, tunnel_port=-1)
+    proxy = EdgeProxy(settings, store)
+    proxy.world = world  # type: ignore[attr-defined]
+    proxy.test_clients = []  # type: ignore[attr-defined]
+    await proxy.start()
+    yield proxy
+    for writer in proxy.test_clients:  # type: ignore[attr-defined]
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    await proxy.stop()
+    await asyncio.sleep(0.05)
+
+
+def world_of(proxy: EdgeProxy) -> World:
+    return cast(World, proxy.world)  # type: ignore[attr-defined]
+
+
+def auth(proxy: EdgeProxy) -> bytes:
+    return b"Authorization: token " + world_of(proxy).api_token("alice").encode()
+
+
+async def connect(proxy: EdgeProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.settings.port)
+    proxy.test_clients.append(writer)  # type: ignore[attr-defined]
+    return reader, writer
+
+
+async def read_response(reader: asyncio.StreamReader, *, head_request: bool = False
+                        ) -> tuple[int, dict[str, str], bytes]:
+    """One response: status, headers (lowercase names), de-chunked body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return status, headers, b""
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if not size:
+                return status, headers, body
+            body += chunk[:-2]
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    return status, headers, await asyncio.wait_for(reader.read(), 5)
+
+
+def get(path: str, proxy: EdgeProxy, extra: bytes = b"", method: bytes = b"GET") -> bytes:
+    return (method + b" " + path.encode() + b" HTTP/1.1\r\nHost: example.org\r\n" + auth(proxy)
+            + b"\r\n" + extra + b"\r\n")
+
+
+async def test_forwards_with_the_proxy_headers_and_keeps_both_connections(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    reader, writer = await connect(proxy)
+    token = world_of(proxy).api_token("alice")
+    writer.write(f"GET /user/alice/q?a=1&token={token}&b=2 HTTP/1.1\r\nHost: h\r\n\r\n"
+                 .encode())
+    assert (await read_response(reader))[2] == b"/user/alice/q?a=1&b=2"
+    for i in range(2):
+        writer.write(get(f"/user/alice/x{i}", proxy, b"Connection: keep-alive, X-Hop\r\n"
+                         b"X-Hop: 1\r\nX-Fedhub-Assertion: forged\r\n"))
+        status, headers, body = await read_response(reader)
+        assert (status, body) == (200, f"/user/alice/x{i}".encode())
+        assert headers["x-up"] == "1" and "connection" not in headers
+    head = upstream.heads[-1].decode()
+    assert "X-Fedhub-Assertion: eyJ" in head and "forged" not in head
+    assert "Authorization" not in head and "X-Hop" not in head
+    assert "X-Forwarded-For: 127.0.0.1" in head and "Host: example.org" in head
+    assert upstream.connections == 1  # one pooled upstream connection served them all
+
+
+async def test_chunked_response_and_chunked_request(proxy: EdgeProxy, upstream: Scripted
+                                                    ) -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      head: bytes) -> bool:
+        body = b""
+        if b"chunked" in head.lower():
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                body += (await reader.readexactly(size + 2))[:-2]
+            await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\ngot\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        return True
+
+    upstream.handler = chunked
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/up", proxy, b"Transfer-Encoding: chunked\r\n", b"POST")
+                 + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"gothello world")
+    writer.write(get("/user/alice/again", proxy))
+    assert (await read_response(reader))[2] == b"got"
+
+
+async def test_head_204_and_304_have_no_body_and_keep_the_connection(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    async def bodiless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       head: bytes) -> bool:
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        elif b"/204" in head:
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n")
+        return True
+
+    upstream.handler = bodiless
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/f", proxy, method=b"HEAD"))
+    status, headers, _ = await read_response(reader, head_request=True)
+    assert (status, headers["content-length"]) == (200, "1000")
+    writer.write(get("/user/alice/204", proxy))
+    assert (await read_response(reader))[0] == 204
+    writer.write(get("/user/alice/304", proxy))
+    assert (await read_response(reader))[0] == 304
+    upstream.handler = _ok
+    writer.write(get("/user/alice/last", proxy))
+    assert (await read_response(reader))[2] == b"/user/alice/last"
+
+
+async def test_connection_close_and_pipelining(proxy: EdgeProxy, upstream: Scripted) -> None:
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/1", proxy) + get("/user/alice/2", proxy)
+                 + get("/user/alice/3", proxy, b"Connection: close\r\n"))
+    bodies = [(await read_response(reader))[2] for _ in range(3)]
+    assert bodies == [b"/user/alice/1", b"/user/alice/2", b"/user/alice/3"]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the third
+
+
+async def test_expect_100_continue(proxy: EdgeProxy, upstream: Scripted) -> None:
+    async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        body = await reader.readexactly(5)
+        assert b"expect" not in head.lower()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body)
+        return True
+
+    upstream.handler = upload
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/u", proxy, b"Content-Length: 5\r\nExpect: 100-continue\r\n",
+                     b"PUT"))
+    assert (await read_response(reader))[0] == 100
+    writer.write(b"hello")
+    assert (await read_response(reader))[1:] == ({"content-length": "5"}, b"hello")
+
+
+async def test_read_until_close_response_closes_the_client(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    async def legacy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+        return False
+
+    upstream.handler = legacy
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/old", proxy))
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], body) == (200, "close", b"all of it")
+
+
+async def test_closed_pooled_connection_is_retried(proxy: EdgeProxy, upstream: Scripted
+                                                   ) -> None:
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       head: bytes) -> bool:
+        await _ok(reader, writer, head)
+        return False  # closes without saying so, as an idle timeout would
+
+    upstream.handler = one_shot
+    reader, writer = await connect(proxy)
+    for i in range(3):
+        writer.write(get(f"/user/alice/{i}", proxy))
+        assert (await read_response(reader))[:1] == (200,)
+        await asyncio.sleep(0.05)
+
+
+async def test_backpressure_pauses_the_upstream(proxy: EdgeProxy, upstream: Scripted) -> None:
+    size = 64 * 1024 * 1024
+    sent = 0
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    head: bytes) -> bool:
+        nonlocal sent
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"x" * 65536
+        while sent < size:
+            writer.write(block)
+            await writer.drain()
+            sent += len(block)
+        return True
+
+    upstream.handler = flood
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/big", proxy))
+    await asyncio.sleep(0.5)  # the client reads nothing yet
+    assert sent < size // 2  # the proxy stopped reading instead of buffering it all
+    digest = hashlib.sha256()
+    await reader.readuntil(b"\r\n\r\n")
+    received = 0
+    while received < size:
+        chunk = await reader.read(1 << 20)
+        assert chunk
+        received += len(chunk)
+        digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
+
+
+async def test_upstream_errors_are_pages(proxy: EdgeProxy, upstream: Scripted) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        await asyncio.sleep(3)
+        return False
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      head: bytes) -> bool:
+        writer.write(b"NOT HTTP\r\n\r\n")
+        return False
+
+    reader, writer = await connect(proxy)
+    upstream.handler = silent
+    writer.write(get("/user/alice/slow", proxy))
+    status, _, body = await read_response(reader)
+    assert status == 504 and b"did not answer in time" in body
+    upstream.handler = garbage
+    writer.write(get("/user/alice/bad", proxy, b"Accept: text/html\r\n"))
+    status, headers, body = await read_response(reader)
+    assert status == 502 and headers["content-type"].startswith("text/html")
+    assert b"answered badly" in body
+    await upstream.stop()
+    upstream.handler = _ok
+    writer.write(get("/user/alice/gone", proxy))
+    status, _, body = await read_response(reader)
+    assert status == 503 and b"is not reachable" in body
+
+
+async def test_malformed_and_oversized_requests(proxy: EdgeProxy) -> None:
+    reader, writer = await connect(proxy)
+    writer.write(b"GET /user/alice/ HTTP/1.1\r\nBad Header\r\n\r\n")
+    status, _, _ = await read_response(reader)
+    assert status == 400
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    reader, writer = await connect(proxy)
+    writer.write(b"GET /user/alice/ HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
+    status, _, _ = await read_response(reader)
+    assert status == 431
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_other_requests_are_handed_to_aiohttp_mid_connection(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/a", proxy))
+    assert (await read_response(reader))[0] == 200
+    writer.write(b"GET /_fedhub/health HTTP/1.1\r\nHost: x\r\n\r\n" + get("/user/bob/x", proxy))
+    status, _, body = await read_response(reader)
+    assert status == 200 and b'"ready": true' in body
+    status, _, body = await read_response(reader)  # alice may not use bob's server
+    assert status == 403
+    writer.write(get("/user/alice/b", proxy))  # aiohttp's own forwarding from now on
+    assert (await read_response(reader))[2] == b"/user/alice/b"
+    reader, writer = await connect(proxy)
+    writer.write(b"GET /user/alice/old HTTP/1.0\r\n" + auth(proxy) + b"\r\n\r\n")
+    assert (await read_response(reader))[2] == b"/user/alice/old"
+
+
+async def test_websocket_is_piped(proxy: EdgeProxy, tmp_path: Path) -> None:
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("p1",))
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(f"{request.headers.get('X-Fedhub-Assertion', '')[:3]}"
+                              f":{msg.data}")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ws_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    world = world_of(proxy)
+    await proxy.store.append(world.route("bob", f"http://127.0.0.1:{port}"))
+    await asyncio.sleep(0.05)
+    token = world.api_token("bob", jti="tok-bob")
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{proxy.url}/user/bob/ws", headers={"Authorization": f"token {token}"},
+            protocols=("p1",),
+        ) as ws:
+            assert ws.protocol == "p1"
+            for i in range(20):
+                await ws.send_str(f"m{i}")
+                assert await ws.receive_str(timeout=5) == f"eyJ:m{i}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_with_the_access_log_on_aiohttp_answers_and_logs_every_request(
+    upstream: Scripted, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World()
+    store = MemoryStore()
+    for env in [*world.keys(), world.user("alice"),
+                world.route("alice", f"http://127.0.0.1:{upstream.port}")]:
+        await store.append(env)
+    settings = EdgeProxySettings(port=free_port(), hub_url="http://127.0.0.1:9",
+                                 data_dir=tmp_path, tunnel_port=-1, access_log=True)
+    proxy = EdgeProxy(settings, store)
+    await proxy.start()
+    try:
+        with caplog.at_level("INFO", logger="fedhub.edge_proxy.proxy"):
+            async with aiohttp.ClientSession() as session, session.get(
+                f"{proxy.url}/user/alice/logged",
+                headers={"Authorization": f"token {world.api_token('alice')}"},
+            ) as resp:
+                assert resp.status == 200 and await resp.read() == b"/user/alice/logged"
+        assert any("/user/alice/logged" in r.getMessage() for r in caplog.records)
+    finally:
+        await proxy.stop()
+
+
+async def test_a_tunnel_target_without_its_tunnel_is_answered_as_unreachable(
+    proxy: EdgeProxy
+) -> None:
+    plan = Plan("tunnel://site-a/carol._", None, "assertion", "cookie")
+    assert proxy.tunnel_gone(plan) == (
+        503, "the site site-a is unreachable (no tunnel from its agent)")
+    assert proxy.tunnel_gone(Plan("tunnel://bad", None, None, None)) is None
