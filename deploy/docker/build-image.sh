@@ -43,7 +43,7 @@ fi
 # Pin what the host has (it is what the local backend and the tests run).
 reqs=$("$python" - <<'PY'
 from importlib.metadata import version
-for name in ("jupyterlab", "jupyter_server", "cryptography"):
+for name in ("jupyterlab", "jupyter_server", "cryptography", "pynacl"):
     print(f"{name}=={version(name)}")
 PY
 )
