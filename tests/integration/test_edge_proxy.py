@@ -176,6 +176,13 @@ async def test_key_published_and_health(proxy: EdgeProxy, store: MemoryStore,
     assert (published.role, published.name) == ("edge-proxy", "edge")
     status, _, body = await get(client, f"{proxy.url}/_fedhub/health")
     assert status == 200 and body["ready"] is True and body["routes"] == 1
+    # Rebuilt routes are signature-checked in the background: the count reaches 0.
+    for _ in range(100):
+        if body["unchecked"] == 0:
+            break
+        await asyncio.sleep(0.02)
+        _, _, body = await get(client, f"{proxy.url}/_fedhub/health")
+    assert body["unchecked"] == 0
 
 
 async def test_cookie_request_reaches_server_with_assertion_not_cookie(

@@ -151,6 +151,8 @@ class EdgeProxy:
         body = {
             "ready": ready,
             "routes": len(self.state.routes),
+            # Routes rebuilt but not yet signature-checked (checked on first use meanwhile).
+            "unchecked": self.state.routes.unchecked,
             "uptime": round(time.monotonic() - self._started, 3),
         }
         return pages.json_response(200 if ready else 503, body)
