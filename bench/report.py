@@ -9,25 +9,25 @@ from typing import Any
 # Why a target is missed, from the profiles taken with bench/profile_proxy.py. Shown only
 # for rows whose target the run did not meet.
 WHY = {
-    "rps": "the proxy is one Python process, CPU-bound at about 220-300 µs per request on "
-           "this CPU (CHP ~110-260 µs, nginx ~20-70 µs; see the CPU rows); py-spy "
-           "(bench/profile_proxy.py http) puts ~40% of it in socket writes and most of the "
-           "rest in aiohttp's client and server machinery, under 10% in fedhub's own code "
-           "(auth, route lookup, headers); buffering headers into the first body write made "
-           "no difference measurable on this machine, so it was not kept",
-    "rebuild": "py-spy (bench/profile_proxy.py rebuild): about half of the samples are the "
-               "Ed25519 verification of every event (edge_proxy/state.py -> "
-               "events/signing.py, outside the files this work may change), the rest "
-               "pydantic decoding, JetStream delivery and imports; meeting the target needs "
-               "fewer verifications (e.g. a signed snapshot of the table, or verifying a "
-               "route when it is first used) rather than a faster loop",
-    "spawn": "the local site agent polls readiness every 0.25 s "
-             "(site_agent/backends/local.py: most of the single-spawn gap) and each spawn "
-             "crosses the log several times (request, accepted, submitted, running, ready, "
-             "route), each a signed append and a fold; in a burst nearly all spawns finish "
-             "together at the end (p50 close to the wall time)",
-    "ws": "each frame crosses two aiohttp WebSocket objects and two tasks in Python",
-    "users": "each listed user is folded into a model with its servers from SQL",
+    "rps": "the proxy is one Python process; its raw fast path (edge_proxy/front.py, "
+           "exchange.py) costs about 45 µs of CPU per 1 KiB request at 64 connections "
+           "(see the CPU rows), but at one connection every request waits for three "
+           "processes (wrk, the proxy, nginx) to be woken in turn on two shared cores, and "
+           "the proxy's per-request Python work (auth, route, assertion, two parses) is not "
+           "hidden behind other connections",
+    "rebuild": "a fresh proxy reads route events raw (events/wire.py, one plain NATS "
+               "connection pulling in batches), decodes them with orjson and checks their "
+               "signatures on first use or in the background; what is left is receiving and "
+               "decoding every route event once (about 25-40 µs each here) plus imports",
+    "spawn": "the servers' own start-up dominates a burst: each trivial server is a Python "
+             "process (about 50-60 ms of CPU), so 100 of them need several CPU seconds on 2 "
+             "cores, during which the hub's processes and NATS get little CPU; fedhub's own "
+             "share per spawn (from the log's timestamps) is about 30 ms before the agent "
+             "submits and 30-40 ms after it sees the server up",
+    "ws": "frames cross the proxy as raw bytes (no WebSocket parsing, one read and one write "
+          "per direction); the remaining difference is two more process wake-ups per "
+          "round trip, within this machine's noise",
+    "users": "each page is a few SQL queries and one JSON serialization in the coordinator",
     "tunnel": "each byte crosses SSH in Python on both sides and one more local hop (the "
               "bridge socket); py-spy (bench/tunnel_bench.py --profile) puts the proxy's extra "
               "CPU in asyncssh's receive path (its input buffer is concatenated and sliced, "
@@ -56,11 +56,17 @@ METHOD_NOTES = """\
 - Route event -> served: a signed RouteAdded is appended to JetStream, then the proxy is
   polled every 0.5 ms until the new prefix answers 200 (one running proxy).
 - Rebuild: a fresh process connects to the log and folds it (keys, users, logins, tokens,
-  latest event per route subject), timed from connect to done; "start to ready" is a whole
-  `python -m fedhub.edge_proxy` process until its health check answers.
+  latest event per route subject), timed from connect to done; route signatures are then
+  checked on first use and in the background (the proxy never serves an unchecked route);
+  "start to ready" is a whole `python -m fedhub.edge_proxy` process until its health check
+  answers, "all checked" the time after that until its health reports no unchecked route.
+  Throughput and memory are taken once every route is checked; the proxy that held 10,000
+  routes is stopped before the log grows, so no background check competes with a rebuild.
 - Audit: the log holds 20,000 distinct signed events (logins and routes of 1,000 users on
-  10 sites) repeated to the size; `fedhub audit --json --user u0042` verifies every
-  signature; peak RSS is the child's maxrss.
+  10 sites) repeated to the size; `fedhub audit --json --user u0042` reads the subjects
+  that user's rows can be on (plus the keys) and verifies the signature of every row it
+  prints; the unfiltered figure replays a smaller log whole, verifying every event; peak
+  RSS is the child's maxrss.
 - Appends: `JetStreamStore.append` of freshly signed events with an event id
   (de-duplication) and the expected last subject sequence (concurrency check), 1 and 32
   in flight from one process.
@@ -228,6 +234,10 @@ def build(data: dict[str, Any]) -> Table:
     if f is not None:
         t.row(f"fresh proxy process, start to ready, {big:,} routes", fmt(f, " s"), "—", "—",
               "report", None)
+    f = m("checked_after_ready_big_s")
+    if f is not None:
+        t.row(f"... then every route's signature checked in the background, {big:,} routes",
+              fmt(f, " s"), "—", "—", "report", None)
 
     # -- log --------------------------------------------------------------------------------
     t.section("Event log and audit (JupyterHub keeps no event log: no anchor)")
@@ -238,11 +248,14 @@ def build(data: dict[str, Any]) -> Table:
         n = int(m("audit_big_events") or 0)
         t.row(f"`fedhub audit --user` replay of {n:,} events", fmt(f, " events/s"), "n/a", "—",
               ">= 100,000/s", f >= 100_000,
-              "every event is decoded (pydantic) and its Ed25519 signature verified "
-              "(coordinator/audit.py, events/signing.py) before the filter applies, about "
-              "0.2 ms per event here; 100,000/s needs the filter to skip events before "
-              "decoding and verifying them (e.g. --user/--site as NATS subject filters) "
-              "or verification spread over processes")
+              "--user becomes NATS subject filters (the server skips other users' events "
+              "without sending them); what is left is nats-server scanning the log and "
+              "Python start-up")
+    f = m("audit_small_all_eps")
+    if f is not None:
+        ns = int(m("audit_small_events") or 0)
+        t.row(f"`fedhub audit` (no filter) replay of {ns:,} events", fmt(f, " events/s"),
+              "n/a", "—", "report", None)
         rs, rb = m("audit_small_rss_mib"), m("audit_big_rss_mib")
         ns = int(m("audit_small_events") or 0)
         t.row("audit peak RSS (streaming: flat?)", f"{fmt(rb, ' MiB')} at {n:,}",
@@ -375,8 +388,7 @@ def markdown(data: dict[str, Any]) -> str:
         "proxies use one worker process each",
         *(["- stages re-run later and merged: "
            + "; ".join(f"{', '.join(r['stages'])} at {r['date']}" for r in data["reruns"])
-           + " (the first run's audit log had 90% of its events signed by a key never "
-           "published, so they were not verified; fixed and re-run)"]
+           + (f" ({data['rerun_reason']})" if data.get("rerun_reason") else "")]
           if data.get("reruns") else []),
         f"- suite time: {data['durations'].get('total', 0) / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in data['durations'].items() if k != 'total')})",

@@ -6,6 +6,8 @@ import asyncio
 import json
 import shutil
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +185,19 @@ def start_edge_proxy(procs: Procs, root: Path, nats_url: str, hub_url: str, name
     p = procs.start(name, [sys.executable, "-m", "fedhub.edge_proxy"], log, env=env)
     wait_http(f"http://127.0.0.1:{port}/_fedhub/health", timeout=timeout, proc=p, log=log)
     return EdgeProxyProc(port, p.pid, p)
+
+
+def wait_checked(port: int, timeout: float = 600) -> float:
+    """Wait until an edge proxy has signature-checked every rebuilt route (its health says
+    ``unchecked: 0``); return the seconds waited. Throughput and memory are steady-state
+    figures only after that: the checks run in the background at first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fedhub/health", timeout=5) as r:
+            if json.loads(r.read()).get("unchecked", 0) == 0:
+                return time.monotonic() - t0
+        time.sleep(0.1)
+    raise RuntimeError(f"edge proxy on {port} still checking routes after {timeout:.0f} s")
 
 
 def start_static(procs: Procs, root: Path, files: dict[str, int]) -> Nginx:
