@@ -346,6 +346,23 @@ async def test_malformed_and_oversized_requests(proxy: EdgeProxy) -> None:
     assert await asyncio.wait_for(reader.read(), 5) == b""
 
 
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 3\r\nContent-Length: 13\r\n",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+])
+async def test_a_request_with_two_framings_is_refused_not_forwarded(
+    proxy: EdgeProxy, upstream: Scripted, framing: bytes
+) -> None:
+    # Which framing wins is what request smuggling exploits: nothing reaches the server.
+    reader, writer = await connect(proxy)
+    seen = len(upstream.heads)
+    writer.write(get("/user/alice/s", proxy, framing, method=b"POST") + b"abcGET /x HTTP/1.1\r\n")
+    status, _, _ = await read_response(reader)
+    assert status == 400
+    assert len(upstream.heads) == seen
+
+
 async def test_other_requests_are_handed_to_aiohttp_mid_connection(
     proxy: EdgeProxy, upstream: Scripted
 ) -> None:
