@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fedhub's benchmark suite: installs what it compares against, then runs and prints one table.
-#   bash bench/run.sh            # full suite (about 25 minutes on 2 cores)
+#   bash bench/run.sh            # full suite (about 30 minutes on 2 cores)
 #   bash bench/run.sh --quick    # one repetition, smaller sizes (a few minutes)
 #   bash bench/run.sh --results bench/RESULTS.md   # also write the Markdown report
 set -euo pipefail
