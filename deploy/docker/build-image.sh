@@ -42,9 +42,12 @@ fi
 # -- 2. wheelhouse --------------------------------------------------------------------------
 # Pin what the host has (it is what the local backend and the tests run).
 reqs=$("$python" - <<'PY'
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 for name in ("jupyterlab", "jupyter_server", "cryptography", "pynacl"):
-    print(f"{name}=={version(name)}")
+    try:
+        print(f"{name}=={version(name)}")
+    except PackageNotFoundError:  # not on the host: the newest that fits the image
+        print(name)
 PY
 )
 # A build context of its own per run: two builds at once (two test runs) must not share one.

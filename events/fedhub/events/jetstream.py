@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -335,10 +336,13 @@ class JetStreamStore:
                 yield int(msg.metadata.sequence.stream), msg.data
             return
         direct = self._nc.connected_url if self._direct_reads else None
-        async for batch in bulk_read(self._nc, self._js, self._stream, subjects, cfg,
-                                     direct=direct):
-            for item in batch:
-                yield item
+        # aclosing: a reader that stops early must close the bulk read (and its own
+        # connection) now, not whenever the loop gets to finalize the generator.
+        async with aclosing(bulk_read(self._nc, self._js, self._stream, subjects, cfg,
+                                      direct=direct)) as batches:
+            async for batch in batches:
+                for item in batch:
+                    yield item
 
     async def consume(
         self, subjects: str, *, durable: str
