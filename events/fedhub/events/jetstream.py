@@ -8,6 +8,7 @@ uses ``Nats-Expected-Last-Subject-Sequence``; both are enforced by the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -99,10 +99,11 @@ class JetStreamStore:
 
         Raises StoreUnavailable if the first connection fails.
         """
+        nc = Client()
         try:
             # Once connected, reconnect forever; the first connection gets a deadline so a
             # wrong URL is reported instead of retried silently.
-            nc = await asyncio.wait_for(nats.connect(
+            await asyncio.wait_for(nc.connect(
                 url,
                 name=name,
                 user_credentials=credentials,
@@ -117,6 +118,10 @@ class JetStreamStore:
                 inbox_prefix=inbox_prefix or "_INBOX",
             ), timeout=connect_timeout)
         except (NatsError, OSError, TimeoutError) as exc:
+            # A refused or timed-out first connection may hold a half-open socket (e.g. a
+            # wrong password keeps nats-py retrying): close it now, not at garbage collection.
+            with contextlib.suppress(Exception):
+                await nc.close()
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
                                    f"{str(exc) or 'no answer in time'}") from exc
         store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads,
