@@ -28,23 +28,23 @@ WHY = {
           "per direction); the remaining difference is two more process wake-ups per "
           "round trip, within this machine's noise",
     "users": "each page is a few SQL queries and one JSON serialization in the coordinator",
-    "tunnel": "each byte crosses SSH in Python on both sides and one more local hop (the "
-              "bridge socket); py-spy (bench/tunnel_bench.py --profile) puts the proxy's extra "
-              "CPU in asyncssh's receive path (its input buffer is concatenated and sliced, "
-              "the packet decrypted and sliced again: about six copies of every byte in "
-              "Python) and the socket hop; asyncssh also sends an empty ignore packet before "
-              "every packet (two encryptions and two TCP sends per message, which one "
-              "connection's request/response pays in latency, with two more process "
-              "wake-ups, the agent's, per request); on this shared machine (load 5-9 on 2 "
-              "cores) wrk's per-repetition ratios swung from 0.1x to 2.5x, the CPU ratios "
-              "below are steadier",
+    "tunnel": "the direct route is the proxy's raw fast path (about 45 µs of CPU per "
+              "request), while through the tunnel every byte also crosses SSH in Python on "
+              "both sides and one more local hop (the bridge socket): per request about 100 "
+              "µs more in the proxy and 100-170 µs in the agent (the CPU rows); py-spy "
+              "(bench/tunnel_bench.py --profile) puts that in asyncssh's receive path (its "
+              "input buffer is concatenated and sliced, the packet decrypted and sliced "
+              "again: about six copies of every byte in Python) and in the empty ignore "
+              "packet asyncssh sends before every packet (two encryptions and two TCP sends "
+              "per message); meeting 0.5x needs an SSH transport that does not copy in "
+              "Python (e.g. OpenSSH's own forwarding), not a faster bridge",
 }
 
 
 METHOD_NOTES = """\
-- This machine is shared: other engineers' test suites ran during the run, so single
-  figures swing by 2x between repetitions (every sample is in bench/RESULTS.json).
-  Ratios within one repetition are steadier than absolute figures.
+- This machine is shared: when other work runs beside the suite, single figures swing by
+  2x between repetitions (every sample is in bench/RESULTS.json). Ratios within one
+  repetition are steadier than absolute figures.
 - HTTP: wrk with one thread; the fedhub path is the real one (`/user/bench/...` with an API
   token: route lookup, token check, signed assertion, header rewrite); CHP and nginx
   forward the same path to the same nginx. nginx (backend and proxy) runs one worker, like
