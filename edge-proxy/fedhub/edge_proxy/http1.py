@@ -52,6 +52,17 @@ class ResponseHead(Head):
     keep_alive: bool = True
 
 
+def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: bytes,
+          out: Head) -> None:
+    """Run one complete head through ``parser`` (whose callbacks fill ``out``)."""
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        out.upgrade = True
+    except httptools.HttpParserError as exc:
+        raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+
+
 def parse_request(head: bytes) -> RequestHead:
     """Parse one complete request head (ending in CRLF CRLF).
 
@@ -59,12 +70,7 @@ def parse_request(head: bytes) -> RequestHead:
     """
     out = RequestHead()
     parser = httptools.HttpRequestParser(out)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        out.upgrade = True
-    except httptools.HttpParserError as exc:
-        raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+    _feed(parser, head, out)
     out.method = parser.get_method().decode("latin-1")
     out.version = parser.get_http_version()
     out.keep_alive = _keep_alive(out.version, out.headers)
@@ -75,12 +81,7 @@ def parse_response(head: bytes) -> ResponseHead:
     """Parse one complete response head. Raises MalformedMessage."""
     out = ResponseHead()
     parser = httptools.HttpResponseParser(out)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        out.upgrade = True
-    except httptools.HttpParserError as exc:
-        raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+    _feed(parser, head, out)
     out.status = parser.get_status_code()
     out.keep_alive = _keep_alive(parser.get_http_version(), out.headers)
     return out
