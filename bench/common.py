@@ -172,3 +172,18 @@ def log(msg: str) -> None:
 
 def dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def wrk(url: str, conns: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
+    """One wrk run (1 thread, keep-alive) as reported by wrk_report.lua, plus ``rps``."""
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+            "-s", str(BENCH / "wrk_report.lua")]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not line:
+        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    data: dict[str, Any] = json.loads(line[-1])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data

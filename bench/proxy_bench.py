@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import BENCH, Procs, cpu_seconds, log, pct, rss_mib, tree_cpu
+from common import BENCH, Procs, cpu_seconds, log, pct, rss_mib, tree_cpu, wrk
 from fedlog import USER, FedLog
 from services import (
     chp_add_routes,
@@ -30,20 +30,6 @@ from services import (
 )
 
 Results = dict[str, list[Any]]
-
-
-def wrk(url: str, conns: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-            "-s", str(BENCH / "wrk_report.lua")]
-    for k, v in headers.items():
-        argv += ["-H", f"{k}: {v}"]
-    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not line:
-        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    data: dict[str, Any] = json.loads(line[-1])
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-    return data
 
 
 async def ws_rtts(url: str, headers: dict[str, str], n: int, size: int = 64) -> list[float]:

@@ -61,20 +61,7 @@ class Nginx:
 
 def start_backend(procs: Procs, root: Path) -> Nginx:
     """nginx serving two static files, 1 KiB and 64 KiB, at any path ending in their name."""
-    www = root / "www"
-    www.mkdir(parents=True, exist_ok=True)
-    (www / "1k.bin").write_bytes(b"x" * 1024)
-    (www / "64k.bin").write_bytes(b"y" * 65536)
-    port = free_port()
-    body = f"""
-    location ~ (1k\\.bin|64k\\.bin)$ {{ root {www}; try_files /$1 =404; }}
-    location / {{ return 200 "ok\\n"; }}
-"""
-    conf = _nginx_conf(root / "nginx-backend", port, body)
-    p = procs.start("nginx-backend", [nginx_binary(), "-c", str(conf), "-p", str(conf.parent)],
-                    root / "nginx-backend.log")
-    wait_port(port)
-    return Nginx(port, p.pid)
+    return start_static(procs, root, {"1k.bin": 1024, "64k.bin": 65536}, name="nginx-backend")
 
 
 def start_nginx_proxy(procs: Procs, root: Path, backend_port: int) -> Nginx:
@@ -200,16 +187,17 @@ def wait_checked(port: int, timeout: float = 600) -> float:
     raise RuntimeError(f"edge proxy on {port} still checking routes after {timeout:.0f} s")
 
 
-def start_static(procs: Procs, root: Path, files: dict[str, int]) -> Nginx:
+def start_static(procs: Procs, root: Path, files: dict[str, int],
+                 name: str = "nginx-static") -> Nginx:
     """nginx serving ``files`` (name -> size in bytes) at any path ending in their name.
 
     Files are written out in full once; nginx then serves them from the page cache.
     """
-    www = root / "www-static"
+    www = root / f"www-{name}"
     www.mkdir(parents=True, exist_ok=True)
-    for name, size in files.items():
+    for file_name, size in files.items():
         block = b"z" * (1 << 20)
-        with open(www / name, "wb") as out:
+        with open(www / file_name, "wb") as out:
             for _ in range(size >> 20):
                 out.write(block)
             out.write(b"z" * (size & ((1 << 20) - 1)))
@@ -218,8 +206,8 @@ def start_static(procs: Procs, root: Path, files: dict[str, int]) -> Nginx:
     location ~ /([A-Za-z0-9_.-]+\\.bin)$ {{ root {www}; try_files /$1 =404; }}
     location / {{ return 200 "ok\\n"; }}
 """
-    conf = _nginx_conf(root / "nginx-static", port, body)
-    p = procs.start("nginx-static", [nginx_binary(), "-c", str(conf), "-p", str(conf.parent)],
-                    root / "nginx-static.log")
+    conf = _nginx_conf(root / name, port, body)
+    p = procs.start(name, [nginx_binary(), "-c", str(conf), "-p", str(conf.parent)],
+                    root / f"{name}.log")
     wait_port(port)
     return Nginx(port, p.pid)

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, Procs, cpu_seconds, log  # noqa: E402
+from common import BENCH, Procs, cpu_seconds, log, wrk  # noqa: E402
 from fedlog import USER, FedLog  # noqa: E402
 from services import start_edge_proxy, start_nats, start_static  # noqa: E402
 
@@ -43,18 +43,6 @@ from fedhub.schemas.names import server_key, server_prefix, subject_token  # noq
 SITE = "benchsite"
 SERVER = "t"
 Results = dict[str, list[Any]]
-
-
-def wrk(url: str, conns: int, seconds: float, token: str) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-            "-s", str(BENCH / "wrk_report.lua"), "-H", f"Authorization: token {token}", url]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not line:
-        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    data: dict[str, Any] = json.loads(line[-1])
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-    return data
 
 
 def download(url: str, token: str) -> tuple[int, float]:
@@ -111,6 +99,7 @@ class Rig:
         nats = start_nats(procs, root, "nats-tunnel")
         agent_key = SigningKey.generate()
         self.token = asyncio.run(_write_log(nats, be, agent_key))
+        self.auth = {"Authorization": f"token {self.token}"}
         self.proxy = start_edge_proxy(procs, root, nats, be, "edge-tunnel")
         pem = root / "agent-key.pem"
         pem.touch(mode=0o600)
@@ -130,7 +119,7 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
     rig = Rig(procs, root, big)
     pids = {"proxy": rig.proxy.pid, "agent": rig.agent.pid}
     for name in ("direct", "tunnel"):  # warm-up; also proves each path works
-        res = wrk(rig.urls[name] % "1k.bin", 8, 1, rig.token)
+        res = wrk(rig.urls[name] % "1k.bin", 8, 1, rig.auth)
         if res["non2xx"] or res["errors"] or res["requests"] < 10:
             raise RuntimeError(f"{name} is not serving: {res}")
     # Each repetition runs direct, tunnel, tunnel, direct (half the time each): a load that
@@ -145,7 +134,7 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
                 cpu = {(p, n): 0.0 for p in pids for n in done}
                 for name in ("direct", "tunnel", "tunnel", "direct"):
                     cpu0 = {p: cpu_seconds(pid) for p, pid in pids.items()}
-                    res = wrk(rig.urls[name] % f"{size}.bin", conns, half, rig.token)
+                    res = wrk(rig.urls[name] % f"{size}.bin", conns, half, rig.auth)
                     done[name][0] += res["requests"]
                     done[name][1] += res["duration_us"] / 1e6
                     for p, pid in pids.items():
@@ -196,7 +185,7 @@ def profile(procs: Procs, root: Path, seconds: int, conns: int, size: str) -> No
              "-f", "raw", "-o", str(out / f"profile-tunnel-{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    res = wrk(rig.urls["tunnel"] % f"{size}.bin", conns, seconds, rig.token)
+    res = wrk(rig.urls["tunnel"] % f"{size}.bin", conns, seconds, rig.auth)
     print(f"tunnel c{conns} {size}: {res['rps']:.0f} req/s")
     for name, spy in spies.items():
         spy.wait()
