@@ -261,17 +261,23 @@ async def test_read_until_close_response_closes_the_client(
 
 async def test_closed_pooled_connection_is_retried(proxy: EdgeProxy, upstream: Scripted
                                                    ) -> None:
-    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       head: bytes) -> bool:
-        await _ok(reader, writer, head)
-        return False  # closes without saying so, as an idle timeout would
+    answered: set[asyncio.StreamWriter] = set()
 
-    upstream.handler = one_shot
+    async def once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  head: bytes) -> bool:
+        if writer in answered:
+            return False  # the next request finds it closed, as after an idle timeout
+        answered.add(writer)
+        return await _ok(reader, writer, head)
+
+    upstream.handler = once_per_connection
     reader, writer = await connect(proxy)
     for i in range(3):
         writer.write(get(f"/user/alice/{i}", proxy))
         assert (await read_response(reader))[:1] == (200,)
-        await asyncio.sleep(0.05)
+    # Requests 2 and 3 each found their pooled connection closed and went out again.
+    assert upstream.connections == 3
+    assert len(upstream.heads) == 5
 
 
 async def test_backpressure_pauses_the_upstream(proxy: EdgeProxy, upstream: Scripted) -> None:
