@@ -6,20 +6,29 @@ import os
 import time
 from pathlib import Path
 
+from fedhub.site_agent.backends.local import LocalProcessBackend
 from fedhub.site_agent.backends.process import alive, group_alive, proc_state, spawn_detached
 
 
-def test_a_group_outlives_its_leader_until_its_last_member_ends(tmp_path: Path) -> None:
-    # The leader exits at once; the member it started (like a kernel) lives on briefly.
-    pid = spawn_detached(["/bin/sh", "-c", "sleep 0.6 & exit 0"], dict(os.environ),
-                         tmp_path / "log")
+def orphaning_group(tmp_path: Path, member_seconds: float) -> tuple[int, int]:
+    """A group whose leader (like a server) exits at once, leaving a member (like a
+    kernel) running for ``member_seconds``; returns the leader's pid and start time once
+    the leader is gone."""
+    pid = spawn_detached(["/bin/sh", "-c", f"sleep {member_seconds} & exit 0"],
+                         dict(os.environ), tmp_path / "log")
     state = proc_state(pid)
     starttime = state.starttime if state is not None else 0
     deadline = time.monotonic() + 5
     while alive(pid, starttime) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not alive(pid, starttime)
+    return pid, starttime
+
+
+def test_a_group_outlives_its_leader_until_its_last_member_ends(tmp_path: Path) -> None:
+    pid, _ = orphaning_group(tmp_path, 0.6)
     assert group_alive(pid), "the leader's child still runs in its group"
+    deadline = time.monotonic() + 5
     while group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not group_alive(pid)
@@ -28,3 +37,11 @@ def test_a_group_outlives_its_leader_until_its_last_member_ends(tmp_path: Path) 
 def test_no_group_for_a_pid_that_leads_none() -> None:
     beyond = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no pid is this high
     assert not group_alive(beyond)
+
+
+async def test_stop_ends_kernels_a_crashed_server_left_behind(tmp_path: Path) -> None:
+    pid, starttime = orphaning_group(tmp_path, 60)
+    assert group_alive(pid)
+    backend = LocalProcessBackend(tmp_path, jupyter_command=["true"])
+    await backend.stop({"pid": pid, "starttime": starttime})
+    assert not group_alive(pid)

@@ -253,13 +253,14 @@ class LocalProcessBackend:
         except (KeyError, TypeError, ValueError):
             log.warning("cannot stop a job without a valid pid: %r", dict(state))
             return
-        if not alive(pid, starttime):
-            return
 
-        # The server's kernels share its process group and may outlive it by a moment:
-        # the server is stopped only when the whole group is gone.
+        # The server's kernels share its process group and may outlive it (for a moment, or
+        # orphaned by a crash): the server is stopped only when the whole group is gone.
         def running() -> bool:
             return alive(pid, starttime) or group_alive(pid)
+
+        if not running():
+            return
 
         signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
