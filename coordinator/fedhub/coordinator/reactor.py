@@ -14,11 +14,11 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Position
 from fedhub.coordinator.errors import Conflict, CoordinatorError
 from fedhub.coordinator.ingest import ingest
-from fedhub.coordinator.lanes import Lanes
 from fedhub.coordinator.servers import remove_route
 from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
 from fedhub.events.errors import EventLogError
+from fedhub.events.lanes import Lanes
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects

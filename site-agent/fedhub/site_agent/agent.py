@@ -16,6 +16,7 @@ from typing import Any
 
 from fedhub.events.envelope import Envelope
 from fedhub.events.errors import EventLogError
+from fedhub.events.lanes import Lanes
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import Delivery, EventStore
 from fedhub.schemas import subjects
@@ -37,7 +38,6 @@ from fedhub.site_agent.commands import AckOnce, spec_from_command
 from fedhub.site_agent.errors import BackendError, InvalidCommand
 from fedhub.site_agent.heartbeat import beat_forever
 from fedhub.site_agent.keys import TrustedKeysFile
-from fedhub.site_agent.lanes import Lanes
 from fedhub.site_agent.publisher import Publisher
 from fedhub.site_agent.servers import ServerRecord, Stage
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -161,7 +161,7 @@ class SiteAgent:
         # finish instead of being cancelled and redelivered only after the ack wait.
         async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):
             data = delivery.event.data
-            await self._lanes.submit(f"{data.get('user')}/{data.get('server')}",
+            await self._lanes.submit(f"{data.get('user')}/{data.get('server')}", delivery.seq,
                                      functools.partial(self._handle_logged, delivery))
 
     async def _handle_logged(self, delivery: Delivery) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from fedhub.coordinator.lanes import Lanes
 from fedhub.coordinator.reactor import lane_of
+from fedhub.events.lanes import Lanes
 
 
 def recorder(log: list[str], name: str, gate: asyncio.Event | None = None

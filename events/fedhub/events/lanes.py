@@ -3,7 +3,8 @@
 A follower that awaits each reaction before reading the next event is as slow as the sum
 of its round trips to the log: a burst of spawns then queues behind one another although
 different servers never depend on each other. ``Lanes`` runs work for different keys
-concurrently and work for the same key strictly in the order it was submitted.
+concurrently and work for the same key strictly in the order it was submitted. The
+coordinator's reactor runs its reactions in lanes, a site agent its commands.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class Lanes:
     async def submit(self, key: str, seq: int, work: Work) -> None:
         """Queue ``work`` (for the event at ``seq``) behind earlier work for ``key``.
 
-        Waits while ``limit`` pieces are in flight. ``seq`` must grow with every call.
+        Waits while ``limit`` pieces are in flight. ``seq`` names the work in logs and
+        feeds ``done_through``, which needs it to grow with every call.
         Exceptions of ``work`` are logged, never raised: one bad event stops no lane.
         """
         await self._slots.acquire()
