@@ -13,19 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import islice
 from urllib.parse import unquote
 
-from yarl import URL
-
 # Checks an unchecked route against its proof; True if it may be served. Never raises.
 Checker = Callable[["Route", bytes], bool]
-
-
-@lru_cache(maxsize=4096)
-def _parse(target: str) -> URL:
-    return URL(target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +32,6 @@ class Route:
     server: str
     site: str
     seq: int  # stream sequence of the RouteAdded event
-
-    @property
-    def target_url(self) -> URL:
-        """``target`` parsed; parsed on first use and shared by routes to one target
-        (not kept per route: 100,000 URL objects would double the table's memory)."""
-        return _parse(self.target)
 
 
 def normalize_prefix(prefix: str) -> str:

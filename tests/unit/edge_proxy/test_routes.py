@@ -108,7 +108,3 @@ def test_an_unchecked_route_that_would_replace_or_displace_is_checked_at_once() 
     assert table.unchecked == 0
 
 
-def test_target_url_is_parsed_on_use() -> None:
-    r = route("r.a", "/user/alice/", "http://a:1")
-    assert r.target_url.host == "a" and r.target_url.port == 1
-    assert r.target_url is route("r.b", "/user/b/", "http://a:1").target_url  # shared
