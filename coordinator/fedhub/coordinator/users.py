@@ -87,11 +87,8 @@ def servers_of_users(hub: Hub, names: list[str]) -> dict[str, list[Server]]:
 
 
 def servers_of(hub: Hub, name: str) -> list[Server]:
-    with hub.sessions() as db:
-        rows = db.query(Server).filter(Server.user == name).order_by(Server.name).all()
-        for r in rows:
-            db.expunge(r)
-        return rows
+    """The server rows of ``name``, ordered by server name."""
+    return servers_of_users(hub, [name]).get(name, [])
 
 
 def iso(value: datetime | None) -> str | None:
