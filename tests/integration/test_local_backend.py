@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,7 @@ async def test_a_server_that_lost_its_port_is_started_again_on_another(
     backend = LocalProcessBackend(tmp_path, jupyter_command=[sys.executable, "-c", TINY_SERVER],
                                   ready_timeout=30)
     spec = ServerSpec("bob", "", "s3", "/user/bob/")
+    state: Mapping[str, Any] = {}
     try:
         phases = []
         async for cp in backend.start(spec):
@@ -257,5 +258,6 @@ async def test_a_server_that_lost_its_port_is_started_again_on_another(
         assert (await backend.status({"k": state}))["k"].status is JobStatus.RUNNING
     finally:
         taken.close()
-        await backend.stop(state)
+        if state:  # a start that failed before its first step has nothing to stop
+            await backend.stop(state)
     assert (await backend.status({"k": state}))["k"].status is JobStatus.GONE

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import asyncssh
 import pytest
+import uvloop  # the proxy's loop; a dependency (uvicorn[standard])
 
 from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
@@ -293,7 +294,6 @@ async def test_over_a_real_nats_server(nats_url: str, tmp_path: Path,
 def test_traffic_through_the_tunnel_on_uvloop(tmp_path: Path) -> None:
     """The proxy runs on uvloop in production, whose transports differ from asyncio's (they
     start reading after ``connection_made`` and are not ``asyncio.Transport`` instances)."""
-    uvloop = pytest.importorskip("uvloop")
 
     async def scenario() -> None:
         setup = await make_setup(MemoryStore(), tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -10,16 +9,11 @@ from aiohttp import web
 
 from fedhub.site_agent.backends.readiness import wait_until_ready
 from fedhub.site_agent.errors import BackendError
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.services import free_port
 
 
 async def test_a_server_up_right_after_the_first_check_is_seen_quickly() -> None:
-    port = _port()
+    port = free_port()
     app = web.Application()
     async def api(_request: web.Request) -> web.Response:
         return web.json_response({"version": "x"})
@@ -48,4 +42,4 @@ async def test_a_silent_server_times_out_with_a_readable_reason() -> None:
         return None
 
     with pytest.raises(BackendError, match="did not answer"):
-        await wait_until_ready(f"http://127.0.0.1:{_port()}/api", 0.3, still_running)
+        await wait_until_ready(f"http://127.0.0.1:{free_port()}/api", 0.3, still_running)
