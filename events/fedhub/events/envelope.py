@@ -44,6 +44,15 @@ def derived_id(parent: str, purpose: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fedhub:{parent}:{purpose}"))
 
 
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def canonical(body: dict[str, Any]) -> bytes:
+    """The signed form of an envelope's fields (without ``signature``): compact JSON
+    with sorted keys. Every signer and verifier goes through here."""
+    return _canonical(body).encode()
+
+
 class Envelope(BaseModel):
     """One immutable event or command as stored in the log."""
 
@@ -62,8 +71,7 @@ class Envelope(BaseModel):
 
     def signing_bytes(self) -> bytes:
         """Canonical bytes covered by the signature."""
-        body = self.model_dump(mode="json", exclude={"signature"})
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return canonical(self.model_dump(mode="json", exclude={"signature"}))
 
     def encode(self) -> bytes:
         """Wire form (JSON)."""
