@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ from tests.support.services import nats_server
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["own connection", "nats-py"])
-async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path, direct: bool) -> None:
+async def test_latest_of_many_subjects_in_small_batches(
+    tmp_path: Path, direct: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fedhub.events.bulk")
     with nats_server(tmp_path) as url:
         store = await JetStreamStore.connect(url)
         try:
@@ -36,6 +40,9 @@ async def test_latest_of_many_subjects_in_small_batches(tmp_path: Path, direct: 
             assert {data for _, data in items} == {f"1:{i}".encode() for i in range(25)}
             # The ephemeral consumer is gone once the read ends.
             assert await js.consumers_info(STREAM) == []
+            # "own connection" really read over it (a failed login falls back quietly).
+            if direct:
+                assert not [r for r in caplog.records if "through nats-py" in r.getMessage()]
         finally:
             await store.close()
 
