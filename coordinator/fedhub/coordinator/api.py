@@ -18,7 +18,6 @@ from fedhub.coordinator.errors import (
     Conflict,
     CoordinatorError,
     NotFound,
-    Unavailable,
 )
 from fedhub.coordinator.sites import list_sites
 from fedhub.events.errors import StoreUnavailable
@@ -216,10 +215,8 @@ async def start_server(name: str, request: Request, server: str = "",
     server = servers.valid_server(server)
     try:
         return await spawning.spawn(hub, user.name, server, site, options, _actor(ident), patience)
-    except StoreUnavailable as exc:
-        raise Unavailable(f"the event log is unavailable: {exc}") from exc
-    except CoordinatorError:
-        raise
+    except (CoordinatorError, StoreUnavailable):
+        raise  # answered by the app's handlers (StoreUnavailable: 503)
     except Exception as exc:  # a bug: still tell the client what failed, never a bare 500
         log.exception("spawn of %s/%s failed", user.name, server)
         return JSONResponse({"status": 500, "message": f"Spawn failed: internal error "

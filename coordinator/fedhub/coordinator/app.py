@@ -17,12 +17,13 @@ from fedhub.coordinator import api, health, pages, reactor
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import make_engine
-from fedhub.coordinator.errors import CoordinatorError, Unauthorized
+from fedhub.coordinator.errors import CoordinatorError, Unauthorized, Unavailable
 from fedhub.coordinator.projection import ProjectionRunner
 from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.users import create_user
 from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.signing import KeyRing, SigningKey
 from fedhub.events.store import EventStore
@@ -113,14 +114,27 @@ def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -
                                  f"request body larger than {settings.max_body_bytes} bytes"}, 413)
         return await call_next(request)
 
-    @app.exception_handler(CoordinatorError)
-    async def on_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CoordinatorError)
-        if request.url.path.startswith("/hub/api"):
-            return JSONResponse({"status": exc.status, "message": exc.message}, exc.status)
-        if isinstance(exc, Unauthorized) and exc.status == 401:
-            return RedirectResponse(f"/hub/login?next={request.url.path}", 302)
-        return pages.render(request, "error.html", None, status=exc.status, title="",
-                            message=exc.message)
-
+    install_error_handlers(app)
     return app
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CoordinatorError)
+    if request.url.path.startswith("/hub/api"):
+        return JSONResponse({"status": exc.status, "message": exc.message}, exc.status)
+    if isinstance(exc, Unauthorized) and exc.status == 401:
+        return RedirectResponse(f"/hub/login?next={request.url.path}", 302)
+    return pages.render(request, "error.html", None, status=exc.status, title="",
+                        message=exc.message)
+
+
+async def _on_log_down(request: Request, exc: Exception) -> Response:
+    # Any handler may find the log unreachable: a 503 saying so, never a bare 500.
+    return await _on_error(request, Unavailable(f"the event log is unavailable: {exc}"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer CoordinatorError with its status (JSON under /hub/api, a page elsewhere) and
+    an unreachable event log with 503, whichever handler raised it."""
+    app.add_exception_handler(CoordinatorError, _on_error)
+    app.add_exception_handler(StoreUnavailable, _on_log_down)

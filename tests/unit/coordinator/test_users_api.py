@@ -14,12 +14,13 @@ from fastapi import FastAPI
 from sqlalchemy import event
 
 from fedhub.coordinator import api, health, servers
-from fedhub.coordinator.app import open_hub
+from fedhub.coordinator.app import install_error_handlers, open_hub
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
@@ -118,3 +119,24 @@ async def test_a_page_costs_the_same_queries_at_any_size(
     statements.clear()
     await page(client, 0, 7)
     assert len(statements) == small
+
+
+async def test_an_unreachable_log_is_a_503_in_any_handler(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = FastAPI()
+    app.include_router(api.router)
+    install_error_handlers(app)
+    app.state.hub = hub
+    secret, _ = await issue_token(hub, "root", "test", None, "test")
+
+    async def down() -> int:  # what JetStreamStore.last_seq raises when NATS is gone
+        raise StoreUnavailable("cannot read stream info: no servers available")
+
+    monkeypatch.setattr(hub.store, "last_seq", down)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
+                                 headers={"Authorization": f"token {secret}"}) as c:
+        r = await c.delete("/hub/api/users/ann/server")
+    assert r.status_code == 503
+    assert r.json() == {"status": 503, "message": "the event log is unavailable: cannot read "
+                        "stream info: no servers available"}
