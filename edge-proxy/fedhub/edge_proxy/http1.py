@@ -52,15 +52,17 @@ class ResponseHead(Head):
     keep_alive: bool = True
 
 
-def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: bytes,
-          out: Head) -> None:
-    """Run one complete head through ``parser`` (whose callbacks fill ``out``)."""
+def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+          head: bytes) -> bool:
+    """Run one complete head through ``parser``; True if it asks for an upgrade.
+    Raises MalformedMessage for anything httptools rejects."""
     try:
         parser.feed_data(head)
     except httptools.HttpParserUpgrade:
-        out.upgrade = True
+        return True
     except httptools.HttpParserError as exc:
         raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+    return False
 
 
 def parse_request(head: bytes) -> RequestHead:
@@ -70,7 +72,7 @@ def parse_request(head: bytes) -> RequestHead:
     """
     out = RequestHead()
     parser = httptools.HttpRequestParser(out)
-    _feed(parser, head, out)
+    out.upgrade = _feed(parser, head)
     out.method = parser.get_method().decode("latin-1")
     out.version = parser.get_http_version()
     out.keep_alive = _keep_alive(out.version, out.headers)
@@ -81,7 +83,7 @@ def parse_response(head: bytes) -> ResponseHead:
     """Parse one complete response head. Raises MalformedMessage."""
     out = ResponseHead()
     parser = httptools.HttpResponseParser(out)
-    _feed(parser, head, out)
+    out.upgrade = _feed(parser, head)
     out.status = parser.get_status_code()
     out.keep_alive = _keep_alive(parser.get_http_version(), out.headers)
     return out
@@ -98,12 +100,7 @@ def parse_status(head: bytes) -> tuple[int, str]:
     """Status and HTTP version of one complete response head, validated by httptools
     without a Python call per header. Raises MalformedMessage."""
     parser = httptools.HttpResponseParser(_NO_CALLBACKS)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError as exc:
-        raise MalformedMessage(str(exc) or type(exc).__name__) from exc
+    _feed(parser, head)
     return parser.get_status_code(), parser.get_http_version()
 
 
