@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import random
 from collections.abc import Awaitable
@@ -43,6 +44,7 @@ M_MMAP_THRESHOLD = -3
 Destination = tuple[str, int]
 
 
+@functools.cache  # process-wide: once is enough, however many proxies the agent links to
 def keep_freed_memory() -> None:
     """Ask glibc's allocator to keep freed buffers of a few MiB instead of unmapping them.
 
