@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bare_burst import bare_burst
 from common import Procs, log, pct
 from hubs import Hub, kill_spawned, start_fedhub, start_jupyterhub
 
@@ -143,10 +144,10 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
     starters = {"fedhub": start_fedhub, "jupyterhub": start_jupyterhub}
     order = ["fedhub", "jupyterhub"]
     for rep in range(cfg["burst_reps"]):
+        bursts = [b for b in cfg["bursts"] if rep < cfg.get(f"reps_burst{b}", 99)]
         for name in (order if rep % 2 == 0 else order[::-1]):
             hub = starters[name](procs, root / f"{name}-{rep}")
             try:
-                bursts = [b for b in cfg["bursts"] if rep < cfg.get(f"reps_burst{b}", 99)]
                 everyone = [f"a{i}" for i in range(cfg["spawn_singles"])]
                 for b in bursts:
                     everyone += [f"b{b}x{i}" for i in range(b)]
@@ -160,6 +161,10 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
                 for p in reversed(hub.procs):
                     procs.stop(p, timeout=60)  # type: ignore[arg-type]
                 procs.stop_all()  # its nats-server too
+        for b in bursts:  # the floor: the same servers with no hub at all
+            wall = asyncio.run(bare_burst(b))
+            R.setdefault(f"burst{b}_wall_s.bare", []).append(wall)
+            log(f"  no hub: {b} bare servers all up in {wall:.1f}s")
     log(f"users API with {cfg['users']} users")
     hubs = [start_fedhub(procs, root / "fedhub-users"),
             start_jupyterhub(procs, root / "jupyterhub-users")]
