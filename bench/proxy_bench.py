@@ -30,6 +30,7 @@ from services import (
 )
 
 Results = dict[str, list[Any]]
+WS_WARMUP = 50  # WebSocket messages sent before the timed ones
 
 
 async def ws_rtts(url: str, headers: dict[str, str], n: int, size: int = 64) -> list[float]:
@@ -37,14 +38,14 @@ async def ws_rtts(url: str, headers: dict[str, str], n: int, size: int = 64) -> 
     payload = "m" * size
     out: list[float] = []
     async with aiohttp.ClientSession() as s, s.ws_connect(url, headers=headers) as ws:
-        for i in range(n + 50):
+        for i in range(n + WS_WARMUP):
             t0 = time.perf_counter_ns()
             await ws.send_str(payload)
             msg = await ws.receive()
             dt = (time.perf_counter_ns() - t0) / 1000
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise RuntimeError(f"echo failed: {msg.type}")
-            if i >= 50:  # the first ones warm up connection and caches
+            if i >= WS_WARMUP:  # the first ones warm up connection and caches
                 out.append(dt)
     return out
 
@@ -160,7 +161,12 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
     for rep in range(reps):
         for name in (["fedhub", "direct", "chp"] if rep % 2 == 0 else ["chp", "direct", "fedhub"]):
             url, headers = ws_targets[name]
+            pid = {"chp": chp.pid, "fedhub": fed.pid}.get(name)
+            cpu0 = cpu_seconds(pid) if pid else 0.0
             rtts = await ws_rtts(url, headers, cfg["ws_messages"])
+            if pid:  # the proxy's own CPU per round trip (warm-up messages included)
+                R.setdefault(f"ws_cpu_us.{name}", []).append(
+                    (cpu_seconds(pid) - cpu0) * 1e6 / (cfg["ws_messages"] + WS_WARMUP))
             R.setdefault(f"ws_p50_us.{name}", []).append(pct(rtts, 50))
             R.setdefault(f"ws_p99_us.{name}", []).append(pct(rtts, 99))
 
