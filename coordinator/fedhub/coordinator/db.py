@@ -6,7 +6,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -35,21 +48,21 @@ class Server(Projected):
     site: Mapped[str] = mapped_column(String(64), default="")
     spawn_id: Mapped[str] = mapped_column(String(40), default="")
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    target: Mapped[str] = mapped_column(String(256), default="")
+    target: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[int] = mapped_column(Integer, default=0)
-    message: Mapped[str] = mapped_column(String(1024), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
     started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Site(Projected):
     __tablename__ = "sites"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     backend: Mapped[str] = mapped_column(String(32))
-    description: Mapped[str] = mapped_column(String(512), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
     weight: Mapped[int] = mapped_column(Integer, default=1)
-    agent_id: Mapped[str] = mapped_column(String(128), default="")
+    agent_id: Mapped[str] = mapped_column(Text, default="")
     agent_started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     options: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     unreachable_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
@@ -60,7 +73,7 @@ class Token(Projected):
     __tablename__ = "tokens"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user: Mapped[str] = mapped_column(String(64), index=True)
-    note: Mapped[str] = mapped_column(String(256), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -71,7 +84,7 @@ class Position(Projected):
 
     __tablename__ = "positions"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class Meta(Base):
@@ -83,7 +96,7 @@ class Meta(Base):
 
 
 # Bump when a projection table changes: the tables are then rebuilt from the log on start.
-PROJECTION_VERSION = "3"
+PROJECTION_VERSION = "4"
 
 
 class Credential(Base):
@@ -92,25 +105,68 @@ class Credential(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
 
 
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy opens: PostgreSQL URLs without a driver (``postgresql://``, or
+    ``postgres://`` as many providers print them) use psycopg 3, the driver fedhub installs
+    (SQLAlchemy's own default would be psycopg2)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+# Several coordinators may share one PostgreSQL database: the one that creates or rebuilds
+# the tables holds this advisory lock meanwhile (an arbitrary constant: "fedhub" in ASCII).
+_SCHEMA_LOCK = 0x666564687562
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine and every table that is missing."""
-    engine = create_engine(url, connect_args={"check_same_thread": False}
-                           if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
+    url = engine_url(url)
+    sqlite_file = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"check_same_thread": False} if sqlite_file
+                           else {}, pool_pre_ping=not sqlite_file)
+    if sqlite_file:
         @event.listens_for(engine, "connect")
         def _wal(conn: Any, _record: Any) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
 
-    Base.metadata.create_all(engine)
-    with Session(engine) as db, db.begin():
-        meta = db.get(Meta, "projection_version")
-        if meta is None or meta.value != PROJECTION_VERSION:
-            # An older projection layout: drop it; the runner replays the log from 1.
-            Projected.metadata.drop_all(engine)
-            db.merge(Meta(key="projection_version", value=PROJECTION_VERSION))
-    Projected.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # released when this transaction ends
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        Base.metadata.create_all(conn)
+        with Session(conn) as db:
+            meta = db.get(Meta, "projection_version")
+            if meta is None or meta.value != PROJECTION_VERSION:
+                # An older projection layout: drop it; the runner replays the log from 1.
+                Projected.metadata.drop_all(conn)
+                db.merge(Meta(key="projection_version", value=PROJECTION_VERSION))
+                db.flush()
+        Projected.metadata.create_all(conn)
     return engine
+
+
+def _upsert(db: Session) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_*`` (SQLite and PostgreSQL)."""
+    return (postgresql.insert if db.get_bind().dialect.name == "postgresql"
+            else sqlite.insert)(Position)
+
+
+def save_position(db: Session, name: str, seq: int) -> None:
+    """Record ``seq`` as the position of ``name`` (inserted if new, in one statement, so
+    two coordinators saving the same new position at once do not collide)."""
+    db.execute(_upsert(db).values(name=name, seq=seq)
+               .on_conflict_do_update(index_elements=[Position.name], set_={"seq": seq}))
+
+
+def lock_position(db: Session, name: str) -> int:
+    """The position of ``name``, its row locked until ``db``'s transaction ends: another
+    coordinator sharing this PostgreSQL database waits here, then reads what this one
+    committed. (SQLite has one writer at a time anyway and ignores the lock.)"""
+    db.execute(_upsert(db).values(name=name, seq=0).on_conflict_do_nothing())
+    return int(db.scalar(select(Position.seq).where(Position.name == name)
+                         .with_for_update()) or 0)
 
 
 def drop_projections(engine: Engine) -> None:

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import select, tuple_, update
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedhub.coordinator.db import Position, Server, Site, Token, User
+from fedhub.coordinator.db import Position, Server, Site, Token, User, lock_position
 from fedhub.events.errors import EventLogError
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import events as ev
@@ -25,6 +26,7 @@ from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY = 0.01  # seconds between commits while events keep coming
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while the database is unreachable
 SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
 
@@ -159,7 +161,7 @@ class ProjectionRunner:
                     await asyncio.sleep(wait)
                 while not queue.empty() and len(batch) < 1000:
                     batch.append(queue.get_nowait())
-                self._apply_batch(batch)
+                await self._apply_while_reachable(batch)
                 committed = time.monotonic()
                 async with self._advanced:
                     self.applied = batch[-1].seq
@@ -171,16 +173,51 @@ class ProjectionRunner:
         finally:
             pumping.cancel()
 
+    async def _apply_while_reachable(self, batch: list[StoredEvent]) -> None:
+        """Apply ``batch``, waiting out a database that cannot be reached (restarting, or
+        a network failure): the batch is retried, never dropped."""
+        pause = RETRY_FIRST
+        while True:
+            try:
+                self._apply_batch(batch)
+                return
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("projection cannot reach the database (%s); retrying events "
+                            "%d-%d in %.1f s", exc.orig or exc, batch[0].seq, batch[-1].seq,
+                            pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX)
+
     def _apply_batch(self, batch: list[StoredEvent]) -> None:
+        """Apply ``batch`` in one transaction. If the database refuses it (a value it will
+        not store, say), apply its events one by one and skip only the refused ones: one
+        bad event never stops the projection. A database that cannot be reached raises."""
+        try:
+            self._commit(batch)
+        except (DataError, IntegrityError) as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    self._apply_batch([item])
+                return
+            item = batch[0]
+            log.error("projection skips event %d (%s on %s): the database refused it: %s",
+                      item.seq, item.event.type, item.event.subject, exc.orig or exc)
+            self._commit([], through=item.seq)
+
+    def _commit(self, batch: list[StoredEvent], through: int = 0) -> None:
+        """Apply the events of ``batch`` that the stored position has not passed, and move
+        the position to the batch's end (or ``through``), in one transaction. Under the
+        position's row lock, so coordinators sharing a database apply each event once."""
+        end = max(through, batch[-1].seq if batch else 0)
         with self._sessions.begin() as db:
-            loaded = _load_servers(db, batch)
-            for item in batch:
+            done = lock_position(db, self._name)
+            fresh = [item for item in batch if item.seq > done]
+            loaded = _load_servers(db, fresh)
+            for item in fresh:
                 apply(db, item)
-            # An UPDATE alone, not merge's SELECT then UPDATE: this runs for every batch.
-            moved = db.execute(update(Position).where(Position.name == self._name)
-                               .values(seq=batch[-1].seq))
-            if not getattr(moved, "rowcount", 1):
-                db.add(Position(name=self._name, seq=batch[-1].seq))
+            if end > done:
+                db.execute(update(Position).where(Position.name == self._name)
+                           .values(seq=end))
             del loaded  # held until here: the session keeps the rows only weakly
 
     @contextmanager

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Position
+from fedhub.coordinator.db import Position, save_position
 from fedhub.coordinator.errors import Conflict, CoordinatorError
 from fedhub.coordinator.ingest import ingest
 from fedhub.coordinator.servers import remove_route
@@ -74,7 +74,7 @@ async def run(hub: Hub) -> None:
             if done - saved >= SAVE_EVERY or (done > saved
                                                and time.monotonic() - saved_at >= SAVE_AFTER):
                 with hub.sessions.begin() as db:
-                    db.merge(Position(name=NAME, seq=done))
+                    save_position(db, NAME, done)
                 saved, saved_at = done, time.monotonic()
     finally:
         await lanes.close()
