@@ -98,14 +98,15 @@ class Hub:
             comp.stop()
 
 
-def start_hub(root: Path, nats_url: str, *, agent_env: dict[str, str] | None = None) -> Hub:
+def start_hub(root: Path, nats_url: str, *, agent_env: dict[str, str] | None = None,
+              coordinator_env: dict[str, str] | None = None) -> Hub:
     root.mkdir(parents=True, exist_ok=True)
     hub = Hub(root, nats_url)
     cport, pport = free_port(), free_port()
     hub.add("coordinator", "fedhub.coordinator", {
         "FEDHUB_PORT": str(cport), "FEDHUB_PUBLIC_URL": f"http://127.0.0.1:{pport}",
         "FEDHUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "FEDHUB_SLOW_SPAWN_TIMEOUT": "30",
-        "FEDHUB_CLI_TOKEN_FILE": str(root / "cli-token")},
+        "FEDHUB_CLI_TOKEN_FILE": str(root / "cli-token"), **(coordinator_env or {})},
         f"http://127.0.0.1:{cport}/hub/api/health").start()
     hub.add("edge-proxy", "fedhub.edge_proxy", {
         "FEDHUB_PORT": str(pport), "FEDHUB_HUB_URL": f"http://127.0.0.1:{cport}"},

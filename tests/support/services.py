@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,3 +81,75 @@ def nats_server_with_auth(root: Path, auth_conf: Path, host: str = "127.0.0.1",
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class Postgres:
+    """A throw-away PostgreSQL server (Debian ``postgresql``) on a free loopback port, with
+    ``trust`` auth and fsync off, in a directory of its own under /tmp; it can be stopped
+    and started again on the same port and data."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        # PostgreSQL refuses to run as root: as root, the cluster runs as ``postgres``.
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="fedhub-pg-"))
+        if self.user:
+            shutil.chown(self.root, self.user, self.user)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run([str(bindir / "initdb"), "-D", str(self.root / "data"), "-U",
+                        "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+                       check=True, capture_output=True, user=self.user, group=self.user,
+                       cwd=self.root)
+
+    @property
+    def url(self) -> str:
+        """The URL of the server's ``postgres`` database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.root / "data"), "-p",
+             str(self.port), "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
+             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self.user,
+            group=self.user, cwd=self.root)
+        wait_port(self.port, timeout=60)
+
+    def stop(self) -> None:
+        """A "fast" shutdown: open sessions are ended."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A running :class:`Postgres`, removed with its data afterwards."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    if not found:
+        missing("PostgreSQL not installed (apt-get install postgresql)")
+    server = Postgres(found[-1].parent)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server (dropping an old one); returns its URL."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedhub.coordinator import projection
 from fedhub.coordinator.db import (
     Position,
-    Projected,
     Server,
     Site,
     Token,
@@ -23,54 +22,12 @@ from fedhub.coordinator.db import (
     make_engine,
 )
 from fedhub.coordinator.projection import ProjectionRunner, apply
-from fedhub.events.envelope import Envelope, new_event
+from fedhub.events.envelope import Envelope
 from fedhub.events.memory import MemoryStore
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
-from fedhub.schemas.events import Payload
-
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-def envelope(payload: Payload, subject: str = "", minute: int = 0) -> Envelope:
-    env = new_event(subject or subjects.user("x"), payload, actor="test", signer=None)
-    return env.model_copy(update={"time": T0 + timedelta(minutes=minute)})
-
-
-def life() -> list[Envelope]:
-    """A user's and a server's whole life, in log order."""
-    srv = subjects.server("alice", "gpu")
-    common: dict[str, Any] = {"user": "alice", "server": "gpu", "site": "hpc",
-                              "spawn_id": "sp-1"}
-    return [
-        envelope(ev.SiteRegistered(name="hpc", backend="slurm", description="cluster",
-                                   weight=2), subjects.site("hpc"), 0),
-        envelope(ev.SiteAgentStarted(site="hpc", backend="slurm", agent_id="agent-7"),
-                 subjects.site("hpc"), 1),
-        envelope(ev.UserCreated(name="alice"), subjects.user("alice"), 2),
-        envelope(ev.UserUpdated(name="alice", admin=True), subjects.user("alice"), 3),
-        envelope(ev.UserLoggedIn(name="alice", session_id="s"), subjects.login("alice"), 4),
-        envelope(ev.TokenIssued(user="alice", token_id="t1", note="ci"),
-                 subjects.token("alice"), 5),
-        envelope(ev.ServerRequested(**common, options={"cores": 8}), srv, 6),
-        envelope(ev.ServerAccepted(**common), srv, 7),
-        envelope(ev.ServerSubmitted(**common, job_id="123", progress=30,
-                                    message="queued"), srv, 8),
-        envelope(ev.ServerStarted(**common, target="http://node1:9000", progress=90), srv, 9),
-        envelope(ev.ServerReady(**common, url="/user/alice/gpu/", progress=100), srv, 10),
-        envelope(ev.ServerStopRequested(**common, requested_by="alice"), srv, 11),
-        envelope(ev.ServerStopped(**common, reason="user asked"), srv, 12),
-        envelope(ev.UserCreated(name="bob"), subjects.user("bob"), 13),
-        envelope(ev.ServerRequested(user="bob", site="hpc", spawn_id="sp-2"),
-                 subjects.server("bob", ""), 14),
-        envelope(ev.TokenIssued(user="bob", token_id="t2"), subjects.token("bob"), 15),
-        envelope(ev.UserDeleted(name="bob"), subjects.user("bob"), 16),
-    ]
-
-
-def stored(events: list[Envelope]) -> list[StoredEvent]:
-    return [StoredEvent(seq, e) for seq, e in enumerate(events, start=1)]
+from tests.support.projection import T0, as_utc, dump, envelope, life, stored
 
 
 @pytest.fixture
@@ -86,26 +43,9 @@ def fold(sessions: sessionmaker[Session], items: list[StoredEvent]) -> None:
             apply(db, item)
 
 
-def dump(sessions: sessionmaker[Session]) -> dict[str, list[dict[str, Any]]]:
-    """Every projection row, as plain values, in primary-key order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    with sessions() as db:
-        for table in Projected.metadata.sorted_tables:
-            if table.name == "positions":
-                continue
-            rows = db.execute(select(table).order_by(*table.primary_key.columns)).mappings()
-            out[table.name] = [dict(r) for r in rows]
-    return out
-
-
 def server(sessions: sessionmaker[Session], user: str, name: str) -> Server | None:
     with sessions() as db:
         return db.get(Server, (user, name))
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; the projection stores UTC.
-    return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
 
 
 def test_a_server_life_step_by_step(sessions: sessionmaker[Session]) -> None:
@@ -189,7 +129,7 @@ def test_malformed_and_unknown_events_are_skipped(sessions: sessionmaker[Session
     items = stored([unknown, invalid, bad_server, good])
     fold(sessions, items)  # must not raise
     assert dump(sessions)["users"] == [
-        {"name": "alice", "admin": False, "created": T0.replace(tzinfo=None),
+        {"name": "alice", "admin": False, "created": T0,
          "last_activity": None}
     ]
     assert dump(sessions)["servers"] == []
@@ -361,7 +301,7 @@ async def test_watchers_see_their_subjects_events_once_the_tables_show_them(
         with runner.watch(subjects.server("alice", "gpu")) as seen:
             for e in events[:11]:
                 await store.append(e)
-            types = []
+            types: list[str] = []
             while len(types) < 5:
                 item = await asyncio.wait_for(seen.get(), 5)
                 types.append(item.event.type)
