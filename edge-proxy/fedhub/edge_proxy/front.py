@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.errors import UpstreamError
 from fedhub.edge_proxy.exchange import Exchange, Memo
 from fedhub.edge_proxy.http1 import HEAD_END, MAX_HEAD, MalformedMessage, RequestHead, parse_request
-from fedhub.edge_proxy.plan import Address, Plan
+from fedhub.edge_proxy.plan import Plan
 from fedhub.edge_proxy.upstream import Pool
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.address import Address, tcp_address
 from fedhub.edge_proxy.assertion import AssertionCache
 from fedhub.edge_proxy.auth import Authenticator, Identity, authorization_token, session_cookie
 from fedhub.edge_proxy.errors import UpstreamError, UpstreamUnreachable
@@ -27,7 +28,7 @@ from fedhub.edge_proxy.forward import Forwarder, upstream_url
 from fedhub.edge_proxy.front import Front
 from fedhub.edge_proxy.headers import upstream_headers
 from fedhub.edge_proxy.http1 import RequestHead
-from fedhub.edge_proxy.plan import Address, Plan, tcp_address, who, without_query_param
+from fedhub.edge_proxy.plan import Plan, who, without_query_param
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
@@ -194,9 +195,12 @@ class EdgeProxy:
         if path.startswith("/user/") and len(path) > 6:
             access = self._access(path, headers.get("authorization"), query,
                                   headers.get("cookie"))
-            if access.route is None or access.identity is None or not access.allowed:
+            route = access.route
+            if route is None or access.identity is None or not access.allowed:
                 return None
-            return self._plan(access.route, access.identity, access.source)
+            if route.address is None and not is_tunnel(route.target):
+                return None  # https, or a target with a path: aiohttp forwards those
+            return self._plan(route, access.identity, access.source)
         if path == "/" or self._hub_plan.address is None:
             return None
         return self._hub_plan
@@ -215,7 +219,7 @@ class EdgeProxy:
     def _plan(self, route: Route, identity: Identity, source: str) -> Plan:
         assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
                                          token_auth=source != "cookie")
-        return Plan(route.target, tcp_address(route.target), assertion, source, route)
+        return Plan(route.target, route.address, assertion, source, route)
 
     def _identify(self, authorization: str | None, query_string: str, cookie: str | None
                   ) -> tuple[Identity, str] | None:

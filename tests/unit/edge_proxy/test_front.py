@@ -450,3 +450,17 @@ async def test_a_tunnel_target_without_its_tunnel_is_answered_as_unreachable(
     assert proxy.tunnel_gone(plan) == (
         503, "the site site-a is unreachable (no tunnel from its agent)")
     assert proxy.tunnel_gone(Plan("tunnel://bad", None, None, None)) is None
+
+
+async def test_a_target_the_fast_path_cannot_send_to_is_handed_to_aiohttp(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    # The fast path sends the request's own target; a route's path is aiohttp's to add.
+    await proxy.store.append(world_of(proxy).route("alice", f"http://127.0.0.1:{upstream.port}"
+                                                            "/prefix"))
+    await asyncio.sleep(0.05)
+    route = proxy.state.routes.match("/user/alice/")
+    assert route is not None and route.address is None
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/x", proxy))
+    assert (await read_response(reader))[2] == b"/prefix/user/alice/x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fedhub.edge_proxy.address import tcp_address
 from fedhub.edge_proxy.headers import downstream_head, downstream_pairs, upstream_pairs
 from fedhub.edge_proxy.http1 import (
     ChunkedScanner,
@@ -14,7 +15,7 @@ from fedhub.edge_proxy.http1 import (
     parse_request,
     parse_status,
 )
-from fedhub.edge_proxy.plan import tcp_address, without_query_param
+from fedhub.edge_proxy.plan import without_query_param
 
 BODY = b"5\r\nhello\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
 
@@ -106,3 +107,7 @@ def test_query_token_removal_and_targets() -> None:
     address = tcp_address("http://127.0.0.1:8888")
     assert address is not None and (address.host, address.port) == ("127.0.0.1", 8888)
     assert tcp_address("https://hub.example.org") is None
+    assert tcp_address("http://hub.example.org/") == ("hub.example.org", 80, "")
+    # What the fast path would not send as aiohttp does: it sends the request's own target.
+    for odd in ("http://h:1/prefix", "http://u:p@h:1", "http://h:1?q", "http://h:99999"):
+        assert tcp_address(odd) is None, odd
