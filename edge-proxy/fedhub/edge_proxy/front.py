@@ -38,8 +38,15 @@ class Gate(Protocol):
         ``headers`` maps lowercase names to their first value.
         """
 
-    def tunnel_address(self, target: str) -> Awaitable[Address]:
-        """The bridge socket of a tunnel target. Raises UpstreamError if unavailable."""
+    def bridge_address(self, target: str) -> Address | None:
+        """The bridge socket of a tunnel target if its bridge is up (no task, no await:
+        every tunnelled request asks); None: ask ``open_bridge``. Never raises."""
+
+    def open_bridge(self, target: str) -> Awaitable[Address]:
+        """The bridge socket of a tunnel target, starting its bridge if need be.
+
+        Raises UpstreamError if the tunnel is unavailable.
+        """
 
     def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
         """Status and message for a failed upstream."""

@@ -34,7 +34,6 @@ from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.edge_proxy.sync import follow, publish_key, rebuild
 from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable, unreachable_message
-from fedhub.edge_proxy.tunnel_bridge import TunnelForwarder
 from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import SigningKey
@@ -238,18 +237,22 @@ class EdgeProxy:
                 log.debug("refusing %s %s: %s", typ, source, exc)
         return None
 
-    async def tunnel_address(self, target: str) -> Address:
-        """The bridge socket reaching a ``tunnel://`` target.
+    def bridge_address(self, target: str) -> Address | None:
+        """The bridge socket of a ``tunnel://`` target whose bridge is up and tunnel live;
+        None otherwise (``open_bridge`` then starts it, or says why it cannot)."""
+        bridge = self.tunnels.ready(target)
+        return bridge.address if bridge is not None else None
+
+    async def open_bridge(self, target: str) -> Address:
+        """The bridge socket of a ``tunnel://`` target, starting the bridge if need be.
 
         Raises TunnelUnavailable when the site has no live tunnel or no such forward.
         """
         try:
-            forwarder = await self.tunnels.forwarder(target)
+            bridge = await self.tunnels.bridge(target)
         except ValueError as exc:
             raise TunnelUnavailable(f"bad tunnel target: {exc}") from exc
-        if not isinstance(forwarder, TunnelForwarder):
-            raise TunnelUnavailable(f"no bridge for {target}")
-        return Address(path=str(forwarder.path))
+        return bridge.address
 
     def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
         """The answer for a tunnel target whose tunnel is gone (None: it is up).

@@ -6,9 +6,10 @@ public API for "connect with this stream"; a custom connector means overriding t
 transport whose flow control (pause/resume reading and writing, EOF, abort) must match
 asyncio's exactly, in a part of aiohttp that changes between minor releases. The bridge
 uses public APIs only: for every tunnelled server the proxy listens on a UNIX socket in
-its private runtime directory (mode 0700, so no other local user can reach it), an
-``aiohttp.UnixConnector`` session sends requests there with the very same forwarding code
-as direct routes (keep-alive pooling, streaming, WebSocket), and each accepted connection
+its private runtime directory (mode 0700, so no other local user can reach it), the fast
+path (front.py) connects there as to any upstream, an ``aiohttp.UnixConnector`` session
+(opened on first use) sends the requests aiohttp forwards with the very same code as for
+direct routes (keep-alive pooling, streaming, WebSocket), and each accepted connection
 becomes one SSH channel (``conn.create_connection(..., server_key, port)``). The direct
 ``http://`` path is untouched.
 
@@ -39,6 +40,7 @@ from typing import cast
 import aiohttp
 import asyncssh
 
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.forward import Forwarder
 
 log = logging.getLogger(__name__)
@@ -212,34 +214,57 @@ class _SocketEnd(asyncio.Protocol):
 
 
 class Bridge:
-    """The UNIX socket of one forward and the Forwarder that uses it."""
+    """The UNIX socket of one forward (``address``, for the fast path's own connections),
+    and the aiohttp Forwarder into it for the requests aiohttp forwards."""
 
-    def __init__(self, path: Path, label: str, key: str, locate: Locator,
+    def __init__(self, path: Path, label: str, site: str, key: str, locate: Locator,
                  timeout: float) -> None:
         self.path = path
+        self.address = Address(path=str(path))
         self.label = label
+        self.site = site
         self.key = key
         self.locate = locate
-        self.forwarder = TunnelForwarder(timeout, path)
+        self.closed = False
         self.splices: set[_SocketEnd] = set()
+        self._timeout = timeout
+        self._forwarder: TunnelForwarder | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        """Listen on the socket and open the client pool. Raises OSError."""
+        """Listen on the socket. Raises OSError."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _SocketEnd(self), str(self.path))
-        await self.forwarder.start()
+
+    async def forwarder(self) -> TunnelForwarder:
+        """The aiohttp Forwarder into this bridge, its pool opened on first use: most
+        requests take the fast path, which connects to ``address`` itself, so most
+        bridges never need one. Raises OSError once the bridge is closed."""
+        if self.closed:
+            raise ConnectionResetError(f"the bridge of {self.label} is closed")
+        forwarder = self._forwarder
+        if forwarder is None:
+            forwarder = self._forwarder = TunnelForwarder(self._timeout, self.path)
+            await forwarder.start()
+        return forwarder
+
+    def retire(self) -> None:
+        """Refuse new uses from now on (``closed``); ``close`` does the rest."""
+        self.closed = True
 
     async def close(self) -> None:
         """Stop listening, close pooled and spliced connections (idempotent)."""
+        self.closed = True
         if self._server is not None:
             self._server.close()
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-        await self.forwarder.close()
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.close()
         opening = [t for s in list(self.splices) if (t := s.close()) is not None]
         self.splices.clear()
         await asyncio.gather(*opening, return_exceptions=True)
