@@ -284,11 +284,6 @@ class Exchange:
                  out: bytes, rest: bytes) -> None:
         """Relay a final response: ``out`` is its head without framing headers and the
         empty line; ``headers`` holds at least its framing headers (lowercase names)."""
-        if status == 503 and self.plan.address is None:
-            gone = self.client.front.gate.tunnel_gone(self.plan)
-            if gone is not None:  # the bridge's own answer: say what happened instead
-                self._answer_failure(*gone)
-                return
         framing: Framing | None = Framing()
         if not (self.head_request or status in (204, 304)):
             framing = body_framing(headers, request=False)
@@ -428,9 +423,7 @@ class Exchange:
             self.abort()
             return
         log.info("%s: %s", self.plan.label, exc)
-        self._answer_failure(*self.client.front.gate.failure(exc, self.plan))
-
-    def _answer_failure(self, status: int, message: str) -> None:
+        status, message = self.client.front.gate.failure(exc, self.plan)
         self.abort()
         close = not self.req_done or self.piping
         self.client.answer(pages.render_error(status, message, self.accept), close=close)

@@ -51,9 +51,6 @@ class Gate(Protocol):
     def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
         """Status and message for a failed upstream."""
 
-    def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
-        """Status and message if the tunnel of ``plan``'s tunnel target is gone."""
-
 
 class Front:
     """The listener; one ``Client`` per connection, sharing one upstream pool."""

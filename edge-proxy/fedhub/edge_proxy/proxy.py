@@ -33,8 +33,8 @@ from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.edge_proxy.sync import follow, publish_key, rebuild
-from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable, unreachable_message
-from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
+from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable
+from fedhub.edge_proxy.tunnel_target import is_tunnel
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore
@@ -253,20 +253,6 @@ class EdgeProxy:
         except ValueError as exc:
             raise TunnelUnavailable(f"bad tunnel target: {exc}") from exc
         return bridge.address
-
-    def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
-        """The answer for a tunnel target whose tunnel is gone (None: it is up).
-
-        A bridge that loses its tunnel while a request waits answers 503 itself; once the
-        tunnel is gone, the client gets the same answer as any request after it.
-        """
-        try:
-            site, key = parse_target(plan.target)
-        except ValueError:
-            return None
-        if self.tunnels.registry.lookup(site, key) is not None:
-            return None
-        return 503, unreachable_message(site)
 
     def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
         """The status and message a client gets when forwarding by ``plan`` failed."""

@@ -23,7 +23,7 @@ from fedhub.edge_proxy.errors import UpstreamUnreachable
 from fedhub.edge_proxy.forward import Forwarder
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
-from fedhub.edge_proxy.tunnel_bridge import Bridge, socket_name
+from fedhub.edge_proxy.tunnel_bridge import Bridge, socket_name, unreachable_message
 from fedhub.edge_proxy.tunnel_server import AgentServer, Registry
 from fedhub.edge_proxy.tunnel_target import format_target, parse_target
 from fedhub.events.envelope import derived_id, new_event
@@ -40,11 +40,6 @@ TUNNEL_BASE = "http://127.0.0.1"  # URL base for bridged requests (Host is the c
 
 class TunnelUnavailable(UpstreamUnreachable):
     """The route's site has no live tunnel to this proxy, or no forward for the server."""
-
-
-def unreachable_message(site: str) -> str:
-    """What a client is told when a tunnelled site cannot be reached from this proxy."""
-    return f"the site {site} is unreachable (no tunnel from its agent)"
 
 
 async def publish_started(store: EventStore, key: SigningKey, name: str, host: str,
