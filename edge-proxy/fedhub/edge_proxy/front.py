@@ -112,7 +112,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = (
         "_blocked_by_upstream", "_closing", "_reading_paused", "buf", "exchange", "front",
-        "idle", "idle_since", "memo", "remote", "transport"
+        "idle_since", "memo", "remote", "transport"
     )
 
     def __init__(self, front: Front) -> None:
@@ -122,7 +122,6 @@ class Client(asyncio.Protocol):
         self.buf = b""  # bytes read and not yet used
         self.exchange: Exchange | None = None
         self.memo: Memo | None = None  # the last request head (see Memo)
-        self.idle = True
         self.idle_since = 0.0
         self._blocked_by_upstream = False
         self._reading_paused = False
@@ -174,6 +173,12 @@ class Client(asyncio.Protocol):
             self.exchange.client_blocked(False)
 
     @property
+    def idle(self) -> bool:
+        """Between requests, waiting for the next one (since ``idle_since``). Not while it
+        closes: sweeping it then would cut off the last answer it is still sending."""
+        return self.exchange is None and not self._closing
+
+    @property
     def closing(self) -> bool:
         """No request after the current one will be read on this connection."""
         return self._closing
@@ -218,7 +223,6 @@ class Client(asyncio.Protocol):
             self.hand_over()
             return
         self.buf = buf[end + 4:]
-        self.idle = False
         self.exchange = exchange
         if not head.keep_alive:
             self._closing = True
@@ -231,7 +235,6 @@ class Client(asyncio.Protocol):
         if close or self._closing or self.transport is None:
             self.close()
             return
-        self.idle = True
         self.idle_since = asyncio.get_running_loop().time()
         self.update_reading()
         if self.buf:

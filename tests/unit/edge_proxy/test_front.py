@@ -20,6 +20,8 @@ import asyncssh
 import pytest
 from aiohttp import web
 
+from fedhub.edge_proxy.exchange import Exchange
+from fedhub.edge_proxy.front import Client, Front
 from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.tunnel_bridge import Bridge
@@ -504,3 +506,14 @@ async def test_a_target_the_fast_path_cannot_send_to_is_handed_to_aiohttp(
     reader, writer = await connect(proxy)
     writer.write(get("/user/alice/x", proxy))
     assert (await read_response(reader))[2] == b"/prefix/user/alice/x"
+
+
+def test_a_client_is_idle_between_requests_only_and_never_while_closing() -> None:
+    client = Client(cast(Front, None))
+    assert client.idle
+    client.exchange = cast(Exchange, object())
+    assert not client.idle
+    client.exchange = None
+    assert client.idle
+    client.close()  # its last answer may still be on its way: the sweeper must wait
+    assert not client.idle
