@@ -183,6 +183,43 @@ async def test_http_upload_download_and_websocket_through_the_tunnel(
         assert status == 200
 
 
+async def test_the_fast_path_finds_a_started_bridge_at_once_and_needs_no_aiohttp_pool(
+    setup: Setup, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = await setup.proxy("edge1")
+    await setup.agent(setup.world.agent)
+    await until(tunnelled(proxy), what="the forward")
+    target = f"tunnel://{SITE}/{KEY}"
+    status, _, _ = await get(client, f"{proxy.url}/user/alice/x", headers=setup.cookie())
+    assert status == 200
+    bridge = proxy.tunnels.ready(target)
+    assert bridge is not None
+    assert bridge._forwarder is None  # the fast path connects to the socket itself
+    started: list[str] = []
+    start = proxy.tunnels.bridge
+
+    async def counted(target: str) -> Any:
+        started.append(target)
+        return await start(target)
+
+    monkeypatch.setattr(proxy.tunnels, "bridge", counted)
+    for _ in range(5):
+        status, _, _ = await get(client, f"{proxy.url}/user/alice/x", headers=setup.cookie())
+        assert status == 200
+    assert started == []  # looked up without awaiting (or a task) every time
+    # A request aiohttp forwards (HTTP/1.0 is handed over) opens the pool on first use.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.settings.port)
+    writer.write(b"GET /user/alice/old HTTP/1.0\r\nCookie: " + setup.cookie()["Cookie"].encode()
+                 + b"\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).split(b" ", 2)[1] == b"200"
+    writer.close()
+    await writer.wait_closed()
+    assert bridge._forwarder is not None
+    proxy.tunnels.registry.links[SITE].conn.abort()
+    await until(lambda: SITE not in proxy.tunnels.registry.links, what="the loss")
+    assert proxy.tunnels.ready(target) is None
+
+
 async def test_a_key_that_is_not_enrolled_for_the_site_is_refused(
     setup: Setup, client: aiohttp.ClientSession
 ) -> None:

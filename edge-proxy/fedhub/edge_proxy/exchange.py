@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from fedhub.edge_proxy.headers import downstream_head, downstream_pairs, upstream_pairs
 from fedhub.edge_proxy.http1 import (
@@ -141,21 +142,25 @@ class Exchange:
     def begin(self) -> None:
         """Send the request over a pooled connection, or open one."""
         address = self.plan.address
+        front = self.client.front
+        if address is None:  # checked on every request: a tunnel may have gone
+            address = front.gate.bridge_address(self.plan.target)
         if address is not None:
-            conn = self.client.front.pool.take(address)
+            conn = front.pool.take(address)
             if conn is not None:
                 self.attach(conn, reused=True)
                 return
-        self.connecting = asyncio.ensure_future(self._connect(pooled=address is None))
+        self.connecting = asyncio.ensure_future(self._connect(address))
 
-    async def _connect(self, *, pooled: bool) -> None:
-        """Open a connection (or, for a tunnel, first look up its bridge, then reuse one)."""
+    async def _connect(self, address: Address | None) -> None:
+        """Open a connection to ``address``; None: a tunnel's bridge that is not up (or
+        whose tunnel is gone), to start first (or fail), then reuse a connection to it."""
         front = self.client.front
         try:
-            address = self.plan.address
-            if address is None:  # checked on every request: a tunnel may have gone
-                address = await front.gate.tunnel_address(self.plan.target)
-            conn = front.pool.take(address) if pooled else None
+            conn = None
+            if address is None:
+                address = await front.gate.open_bridge(self.plan.target)
+                conn = front.pool.take(address)
             reused = conn is not None
             if conn is None:
                 conn = await front.pool.connect(address)
@@ -279,11 +284,6 @@ class Exchange:
                  out: bytes, rest: bytes) -> None:
         """Relay a final response: ``out`` is its head without framing headers and the
         empty line; ``headers`` holds at least its framing headers (lowercase names)."""
-        if status == 503 and self.plan.address is None:
-            gone = self.client.front.gate.tunnel_gone(self.plan)
-            if gone is not None:  # the bridge's own answer: say what happened instead
-                self._answer_failure(*gone)
-                return
         framing: Framing | None = Framing()
         if not (self.head_request or status in (204, 304)):
             framing = body_framing(headers, request=False)
@@ -409,7 +409,7 @@ class Exchange:
             # A pooled connection the upstream closed just before we used it: try a fresh one.
             # (Not for tunnels: a bridge closes only when its tunnel failed; report that.)
             self.retried = True
-            self.connecting = asyncio.ensure_future(self._connect(pooled=False))
+            self.connecting = asyncio.ensure_future(self._connect(self.plan.address))
         else:
             self.fail(UpstreamProtocolError("the server closed the connection"))
 
@@ -423,9 +423,7 @@ class Exchange:
             self.abort()
             return
         log.info("%s: %s", self.plan.label, exc)
-        self._answer_failure(*self.client.front.gate.failure(exc, self.plan))
-
-    def _answer_failure(self, status: int, message: str) -> None:
+        status, message = self.client.front.gate.failure(exc, self.plan)
         self.abort()
         close = not self.req_done or self.piping
         self.client.answer(pages.render_error(status, message, self.accept), close=close)

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.errors import UpstreamError
 from fedhub.edge_proxy.exchange import Exchange, Memo
 from fedhub.edge_proxy.http1 import HEAD_END, MAX_HEAD, MalformedMessage, RequestHead, parse_request
-from fedhub.edge_proxy.plan import Address, Plan
+from fedhub.edge_proxy.plan import Plan
 from fedhub.edge_proxy.upstream import Pool
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,18 @@ class Gate(Protocol):
         ``headers`` maps lowercase names to their first value.
         """
 
-    def tunnel_address(self, target: str) -> Awaitable[Address]:
-        """The bridge socket of a tunnel target. Raises UpstreamError if unavailable."""
+    def bridge_address(self, target: str) -> Address | None:
+        """The bridge socket of a tunnel target if its bridge is up (no task, no await:
+        every tunnelled request asks); None: ask ``open_bridge``. Never raises."""
+
+    def open_bridge(self, target: str) -> Awaitable[Address]:
+        """The bridge socket of a tunnel target, starting its bridge if need be.
+
+        Raises UpstreamError if the tunnel is unavailable.
+        """
 
     def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
         """Status and message for a failed upstream."""
-
-    def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
-        """Status and message if the tunnel of ``plan``'s tunnel target is gone."""
 
 
 class Front:
@@ -107,7 +112,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = (
         "_blocked_by_upstream", "_closing", "_reading_paused", "buf", "exchange", "front",
-        "idle", "idle_since", "memo", "remote", "transport"
+        "idle_since", "memo", "remote", "transport"
     )
 
     def __init__(self, front: Front) -> None:
@@ -117,7 +122,6 @@ class Client(asyncio.Protocol):
         self.buf = b""  # bytes read and not yet used
         self.exchange: Exchange | None = None
         self.memo: Memo | None = None  # the last request head (see Memo)
-        self.idle = True
         self.idle_since = 0.0
         self._blocked_by_upstream = False
         self._reading_paused = False
@@ -169,6 +173,12 @@ class Client(asyncio.Protocol):
             self.exchange.client_blocked(False)
 
     @property
+    def idle(self) -> bool:
+        """Between requests, waiting for the next one (since ``idle_since``). Not while it
+        closes: sweeping it then would cut off the last answer it is still sending."""
+        return self.exchange is None and not self._closing
+
+    @property
     def closing(self) -> bool:
         """No request after the current one will be read on this connection."""
         return self._closing
@@ -213,7 +223,6 @@ class Client(asyncio.Protocol):
             self.hand_over()
             return
         self.buf = buf[end + 4:]
-        self.idle = False
         self.exchange = exchange
         if not head.keep_alive:
             self._closing = True
@@ -226,7 +235,6 @@ class Client(asyncio.Protocol):
         if close or self._closing or self.transport is None:
             self.close()
             return
-        self.idle = True
         self.idle_since = asyncio.get_running_loop().time()
         self.update_reading()
         if self.buf:

@@ -9,6 +9,7 @@ to aiohttp mid-stream or to pipe an upgraded one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import httptools
 
@@ -206,8 +207,9 @@ class ChunkedScanner:
         return pos
 
 
-_REASONS = {101: "Switching Protocols", 100: "Continue", 200: "OK", 400: "Bad Request",
-            431: "Request Header Fields Too Large"}
+# Standard reason phrases (a dict: status_line is on the response path, an enum call is not
+# free). The proxy's own answers and upstream heads without a reason both use it.
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def build_head(first_line: str, headers: list[tuple[str, str]]) -> bytes:

@@ -23,9 +23,6 @@ _TITLES = {
     503: "Service unavailable",
     504: "Gateway timeout",
 }
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            431: "Request Header Fields Too Large", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
 _NO_STORE = (("Cache-Control", "no-store"),)
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
@@ -48,8 +45,7 @@ class Answer:
         headers = [*self.headers, ("Content-Length", str(len(self.body)))]
         if close:
             headers.append(("Connection", "close"))
-        return build_head(status_line(self.status, _REASONS.get(self.status, "")),
-                          headers) + self.body
+        return build_head(status_line(self.status, ""), headers) + self.body
 
     def response(self) -> web.Response:
         """The answer for aiohttp's server."""

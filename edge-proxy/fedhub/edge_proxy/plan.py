@@ -1,4 +1,4 @@
-"""What the proxy decided for one request, and where an upstream listens.
+"""What the proxy decided for one request.
 
 Shared by the decisions (proxy.py) and the fast path (front.py, upstream.py), which must
 not import each other's modules in a circle.
@@ -6,23 +6,11 @@ not import each other's modules in a circle.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import NamedTuple
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.routes import Route
-
-
-class Address(NamedTuple):
-    """A TCP ``host:port``, or a UNIX socket ``path`` (a tunnel bridge) when set.
-
-    A tuple: the pool hashes it twice per request, and a dataclass hashes in Python.
-    """
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
 
 
 @dataclass(slots=True)
@@ -60,19 +48,6 @@ class Plan:
 def who(user: str, server: str) -> str:
     """How error pages name a user's server."""
     return f"the server {server!r} of {user}" if server else f"the server of {user}"
-
-
-@functools.lru_cache(maxsize=4096)
-def tcp_address(target: str) -> Address | None:
-    """The address of an ``http://host:port`` target; None for any other scheme."""
-    parts = urlsplit(target)
-    if parts.scheme != "http" or not parts.hostname:
-        return None
-    try:
-        port = parts.port or 80
-    except ValueError:
-        return None
-    return Address(host=parts.hostname, port=port)
 
 
 def without_query_param(target: str, name: str) -> str:

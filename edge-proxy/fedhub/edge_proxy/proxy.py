@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from fedhub.edge_proxy import pages
+from fedhub.edge_proxy.address import Address, tcp_address
 from fedhub.edge_proxy.assertion import AssertionCache
 from fedhub.edge_proxy.auth import Authenticator, Identity, authorization_token, session_cookie
 from fedhub.edge_proxy.errors import UpstreamError, UpstreamUnreachable
@@ -27,14 +28,13 @@ from fedhub.edge_proxy.forward import Forwarder, upstream_url
 from fedhub.edge_proxy.front import Front
 from fedhub.edge_proxy.headers import upstream_headers
 from fedhub.edge_proxy.http1 import RequestHead
-from fedhub.edge_proxy.plan import Address, Plan, tcp_address, who, without_query_param
+from fedhub.edge_proxy.plan import Plan, who, without_query_param
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.edge_proxy.sync import follow, publish_key, rebuild
-from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable, unreachable_message
-from fedhub.edge_proxy.tunnel_bridge import TunnelForwarder
-from fedhub.edge_proxy.tunnel_target import is_tunnel, parse_target
+from fedhub.edge_proxy.tunnel import TUNNEL_BASE, Tunnels, TunnelUnavailable
+from fedhub.edge_proxy.tunnel_target import is_tunnel
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore
@@ -194,9 +194,12 @@ class EdgeProxy:
         if path.startswith("/user/") and len(path) > 6:
             access = self._access(path, headers.get("authorization"), query,
                                   headers.get("cookie"))
-            if access.route is None or access.identity is None or not access.allowed:
+            route = access.route
+            if route is None or access.identity is None or not access.allowed:
                 return None
-            return self._plan(access.route, access.identity, access.source)
+            if route.address is None and not is_tunnel(route.target):
+                return None  # https, or a target with a path: aiohttp forwards those
+            return self._plan(route, access.identity, access.source)
         if path == "/" or self._hub_plan.address is None:
             return None
         return self._hub_plan
@@ -215,7 +218,7 @@ class EdgeProxy:
     def _plan(self, route: Route, identity: Identity, source: str) -> Plan:
         assertion = self._assertions.get(identity.user, route.url_prefix, identity.admin,
                                          token_auth=source != "cookie")
-        return Plan(route.target, tcp_address(route.target), assertion, source, route)
+        return Plan(route.target, route.address, assertion, source, route)
 
     def _identify(self, authorization: str | None, query_string: str, cookie: str | None
                   ) -> tuple[Identity, str] | None:
@@ -234,32 +237,22 @@ class EdgeProxy:
                 log.debug("refusing %s %s: %s", typ, source, exc)
         return None
 
-    async def tunnel_address(self, target: str) -> Address:
-        """The bridge socket reaching a ``tunnel://`` target.
+    def bridge_address(self, target: str) -> Address | None:
+        """The bridge socket of a ``tunnel://`` target whose bridge is up and tunnel live;
+        None otherwise (``open_bridge`` then starts it, or says why it cannot)."""
+        bridge = self.tunnels.ready(target)
+        return bridge.address if bridge is not None else None
+
+    async def open_bridge(self, target: str) -> Address:
+        """The bridge socket of a ``tunnel://`` target, starting the bridge if need be.
 
         Raises TunnelUnavailable when the site has no live tunnel or no such forward.
         """
         try:
-            forwarder = await self.tunnels.forwarder(target)
+            bridge = await self.tunnels.bridge(target)
         except ValueError as exc:
             raise TunnelUnavailable(f"bad tunnel target: {exc}") from exc
-        if not isinstance(forwarder, TunnelForwarder):
-            raise TunnelUnavailable(f"no bridge for {target}")
-        return Address(path=str(forwarder.path))
-
-    def tunnel_gone(self, plan: Plan) -> tuple[int, str] | None:
-        """The answer for a tunnel target whose tunnel is gone (None: it is up).
-
-        A bridge that loses its tunnel while a request waits answers 503 itself; once the
-        tunnel is gone, the client gets the same answer as any request after it.
-        """
-        try:
-            site, key = parse_target(plan.target)
-        except ValueError:
-            return None
-        if self.tunnels.registry.lookup(site, key) is not None:
-            return None
-        return 503, unreachable_message(site)
+        return bridge.address
 
     def failure(self, exc: UpstreamError, plan: Plan) -> tuple[int, str]:
         """The status and message a client gets when forwarding by ``plan`` failed."""

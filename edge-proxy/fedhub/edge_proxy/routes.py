@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import unquote
 
+from fedhub.edge_proxy.address import Address
+
 # Checks an unchecked route against its proof; True if it may be served. Never raises.
 Checker = Callable[["Route", bytes], bool]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One route, as the coordinator announced it in a RouteAdded event."""
+    """One route, as the coordinator announced it in a RouteAdded event.
+
+    ``address`` is where the fast path connects for ``target``, worked out once when the
+    route is built (``state.make_route``), not per request: None for a tunnel target
+    (its bridge is looked up per request) and for targets only aiohttp forwards (https).
+    """
 
     subject: str  # the log subject that announced it
     prefix: str  # decoded, starts and ends with "/"
@@ -32,6 +39,7 @@ class Route:
     server: str
     site: str
     seq: int  # stream sequence of the RouteAdded event
+    address: Address | None
 
 
 def normalize_prefix(prefix: str) -> str:

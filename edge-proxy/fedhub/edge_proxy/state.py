@@ -23,6 +23,7 @@ from functools import partial
 from yarl import URL
 
 from fedhub.edge_proxy import proofs
+from fedhub.edge_proxy.address import Address, tcp_address
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
 from fedhub.edge_proxy.tunnel_target import PREFIX as TUNNEL_PREFIX
 from fedhub.edge_proxy.tunnel_target import parse_target
@@ -55,8 +56,9 @@ ROUTES = "fedhub.route."
 SITES = "fedhub.site."
 _WATCHED = (KEYS, USERS, LOGINS, TOKENS, ROUTES, SITES)
 # The usual target, http(s)://host[:port], accepted without parsing it; anything else
-# (IPv6, user info, paths) goes through yarl.
-_PLAIN_TARGET = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:(\d{1,5}))?\Z")
+# (IPv6, user info, paths) goes through yarl. ASCII digits only: int() reads "٨٠" as 80,
+# urlsplit refuses it as a port.
+_PLAIN_TARGET = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:(\d{1,5}))?\Z", re.ASCII)
 
 
 @dataclass(slots=True)
@@ -174,9 +176,11 @@ def make_route(subject: str, seq: int, prefix: str, target: str, user: str, serv
                site: str) -> Route:
     """The table entry for these RouteAdded fields; raises ValueError on an unusable target.
 
-    Strings many routes share (site, target) are interned: one copy for all of them.
+    Strings many routes share (site, target, upstream host) are interned: one copy for all
+    of them.
     """
     stripped = target.rstrip("/") if target.endswith("/") else target
+    address: Address | None = None
     if stripped.startswith(TUNNEL_PREFIX):
         # Only a site's own tunnel may carry its servers: never route site A into site B.
         if parse_target(stripped).site != site:
@@ -185,6 +189,11 @@ def make_route(subject: str, seq: int, prefix: str, target: str, user: str, serv
         url = URL(stripped)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"route target {target!r} is not an http(s) URL")
+        address = tcp_address(stripped)
+    elif stripped.startswith("http:"):  # the usual target: its address without parsing
+        port = plain[2]
+        host = stripped[7:plain.start(1)] if port is not None else stripped[7:]
+        address = Address(sys.intern(host.lower()), int(port or 0) or 80)  # :0 as urlsplit
     return Route(
         subject=subject,
         # The usual prefix is one normalize_prefix returns unchanged: skip the call.
@@ -196,4 +205,5 @@ def make_route(subject: str, seq: int, prefix: str, target: str, user: str, serv
         server=server,
         site=sys.intern(site),
         seq=seq,
+        address=address,
     )

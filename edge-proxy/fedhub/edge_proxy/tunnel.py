@@ -11,7 +11,6 @@ log where to dial and which host key to pin. Routes whose target is
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import shutil
@@ -24,9 +23,9 @@ from fedhub.edge_proxy.errors import UpstreamUnreachable
 from fedhub.edge_proxy.forward import Forwarder
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
-from fedhub.edge_proxy.tunnel_bridge import Bridge, socket_name
+from fedhub.edge_proxy.tunnel_bridge import Bridge, socket_name, unreachable_message
 from fedhub.edge_proxy.tunnel_server import AgentServer, Registry
-from fedhub.edge_proxy.tunnel_target import TunnelTarget, parse_target
+from fedhub.edge_proxy.tunnel_target import format_target, parse_target
 from fedhub.events.envelope import derived_id, new_event
 from fedhub.events.signing import SigningKey
 from fedhub.events.sshkeys import CIPHERS, ssh_private_key
@@ -41,16 +40,6 @@ TUNNEL_BASE = "http://127.0.0.1"  # URL base for bridged requests (Host is the c
 
 class TunnelUnavailable(UpstreamUnreachable):
     """The route's site has no live tunnel to this proxy, or no forward for the server."""
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse(target: str) -> TunnelTarget:
-    return parse_target(target)
-
-
-def unreachable_message(site: str) -> str:
-    """What a client is told when a tunnelled site cannot be reached from this proxy."""
-    return f"the site {site} is unreachable (no tunnel from its agent)"
 
 
 async def publish_started(store: EventStore, key: SigningKey, name: str, host: str,
@@ -80,6 +69,8 @@ class Tunnels:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._dir: Path | None = None
         self._bridges: dict[tuple[str, str], asyncio.Task[Bridge]] = {}
+        # Started bridges by target, for ``ready`` (no parsing, no task per request).
+        self._ready: dict[str, Bridge] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._serial = itertools.count(1)  # a new bridge never reuses a closing one's path
         self.port = 0
@@ -127,6 +118,7 @@ class Tunnels:
             self.registry.detach(link)
             link.conn.close()
         bridges, self._bridges = list(self._bridges.values()), {}
+        self._ready.clear()
         for task in bridges:
             await _close_bridge(task)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -139,13 +131,28 @@ class Tunnels:
         if self.registry.links:
             self.registry.revalidate(self._state.keyring)
 
-    async def forwarder(self, target: str) -> Forwarder:
-        """The Forwarder reaching a ``tunnel://`` target.
+    def ready(self, target: str) -> Bridge | None:
+        """The started bridge of a ``tunnel://`` target if its tunnel is live, at the cost
+        of two dict lookups (every tunnelled request asks); None when there is no bridge
+        yet or its tunnel is gone: ``bridge`` then starts one or raises. Never raises."""
+        bridge = self._ready.get(target)
+        if bridge is None:
+            return None
+        if bridge.closed:  # its forward went away: forget it (stop() clears the rest)
+            del self._ready[target]
+            return None
+        if self.registry.lookup(bridge.site, bridge.key) is None:
+            return None
+        return bridge
 
-        Raises TunnelUnavailable when the site has no live tunnel or no such forward,
-        ValueError for a malformed target.
+    async def bridge(self, target: str) -> Bridge:
+        """The bridge into the tunnel of a ``tunnel://`` target, started on first use
+        (concurrent callers share one start).
+
+        Raises TunnelUnavailable when the site has no live tunnel or no such forward, or
+        the bridge cannot listen; ValueError for a malformed target.
         """
-        site, key = _parse(target)
+        site, key = parse_target(target)
         if self.registry.lookup(site, key) is None or self._dir is None:
             raise TunnelUnavailable(unreachable_message(site))
         task = self._bridges.get((site, key))
@@ -158,7 +165,20 @@ class Tunnels:
             if self._bridges.get((site, key)) is task:
                 del self._bridges[site, key]
             raise TunnelUnavailable(f"cannot bridge into the tunnel of {site}: {exc}") from exc
-        return bridge.forwarder
+        if self._bridges.get((site, key)) is not task:  # its forward went away meanwhile
+            raise TunnelUnavailable(unreachable_message(site))
+        self._ready[target] = bridge
+        return bridge
+
+    async def forwarder(self, target: str) -> Forwarder:
+        """The aiohttp Forwarder reaching a ``tunnel://`` target (its pool is opened on
+        first use). Raises as ``bridge`` does, and TunnelUnavailable if the bridge closed
+        meanwhile (its forward went away)."""
+        bridge = await self.bridge(target)
+        try:
+            return await bridge.forwarder()
+        except OSError as exc:
+            raise TunnelUnavailable(unreachable_message(bridge.site)) from exc
 
     async def _bridge(self, site: str, key: str, directory: Path) -> Bridge:
         def locate() -> tuple[asyncssh.SSHServerConnection, int]:
@@ -169,7 +189,7 @@ class Tunnels:
             return link.conn, port
 
         path = directory / f"{next(self._serial)}-{socket_name(site, key)}"
-        bridge = Bridge(path, f"{key} at site {site}", key, locate,
+        bridge = Bridge(path, f"{key} at site {site}", site, key, locate,
                         self.settings.upstream_timeout)
         await bridge.start()
         return bridge
@@ -180,6 +200,10 @@ class Tunnels:
             return
         task = self._bridges.pop((site, key), None)
         if task is not None:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().retire()  # ``ready`` must not hand it out while it closes
+            # Routes' targets are canonical; any other spelling ``ready`` drops when asked.
+            self._ready.pop(format_target(site, key), None)
             closing = asyncio.ensure_future(_close_bridge(task))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)

@@ -6,9 +6,10 @@ public API for "connect with this stream"; a custom connector means overriding t
 transport whose flow control (pause/resume reading and writing, EOF, abort) must match
 asyncio's exactly, in a part of aiohttp that changes between minor releases. The bridge
 uses public APIs only: for every tunnelled server the proxy listens on a UNIX socket in
-its private runtime directory (mode 0700, so no other local user can reach it), an
-``aiohttp.UnixConnector`` session sends requests there with the very same forwarding code
-as direct routes (keep-alive pooling, streaming, WebSocket), and each accepted connection
+its private runtime directory (mode 0700, so no other local user can reach it), the fast
+path (front.py) connects there as to any upstream, an ``aiohttp.UnixConnector`` session
+(opened on first use) sends the requests aiohttp forwards with the very same code as for
+direct routes (keep-alive pooling, streaming, WebSocket), and each accepted connection
 becomes one SSH channel (``conn.create_connection(..., server_key, port)``). The direct
 ``http://`` path is untouched.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +39,10 @@ from typing import cast
 import aiohttp
 import asyncssh
 
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.forward import Forwarder
+from fedhub.edge_proxy.http1 import HEAD_END, MAX_HEAD, MalformedMessage, parse_request
+from fedhub.edge_proxy.pages import render_error
 
 log = logging.getLogger(__name__)
 # The receive side of each channel (server -> proxy, where responses flow). The window is
@@ -82,12 +85,9 @@ class TunnelForwarder(Forwarder):
             )
 
 
-def _unavailable(message: str) -> bytes:
-    body = json.dumps({"status": 503, "message": message}).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-            f"Connection: close\r\n\r\n").encode()
-    return head + body
+def unreachable_message(site: str) -> str:
+    """What a client is told when a tunnelled site cannot be reached from this proxy."""
+    return f"the site {site} is unreachable (no tunnel from its agent)"
 
 
 class _ChannelEnd(asyncssh.SSHTCPSession[bytes]):
@@ -129,6 +129,7 @@ class _SocketEnd(asyncio.Protocol):
         # connection_made, so pausing there does not hold the first request back).
         self._early: list[bytes] = []
         self._early_eof = False
+        self._refusal: str | None = None  # why no channel opened, once that is known
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's does not derive from asyncio.Transport)
@@ -147,11 +148,13 @@ class _SocketEnd(asyncio.Protocol):
                 window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
         except (OSError, LookupError, asyncssh.Error) as exc:
             # The agent refused the channel (its server does not answer) or the tunnel
-            # went away meanwhile: answer like an unreachable upstream would.
+            # went away meanwhile: answer like an unreachable upstream would, with what
+            # the client must be told (both paths relay the answer as it is).
             log.info("%s: cannot open a tunnel channel: %s", bridge.label, exc)
+            self._refusal = bridge.refusal()
             if not sock.is_closing():
-                sock.write(_unavailable(f"{bridge.label} is not reachable through its tunnel"))
-                sock.close()
+                sock.resume_reading()  # the rest of the request head says which form
+                self._refuse()
             return
         finally:
             self._opening = None
@@ -167,10 +170,31 @@ class _SocketEnd(asyncio.Protocol):
         self._early.clear()
         sock.resume_reading()
 
+    def _refuse(self) -> None:
+        """Answer the request with ``_refusal`` once its head is in (an error page for a
+        browser, JSON otherwise, as the proxy's own answers), then close."""
+        sock = self._sock
+        if sock is None or sock.is_closing() or self._refusal is None:
+            return
+        buf = b"".join(self._early)
+        end = buf.find(HEAD_END)
+        if end < 0 and not self._early_eof and len(buf) <= MAX_HEAD:
+            return  # more of the head is coming
+        accept = ""
+        if end >= 0:
+            with contextlib.suppress(MalformedMessage):
+                head = parse_request(buf[:end + 4])
+                accept = next((v for n, v in head.headers if n.lower() == "accept"), "")
+        self._early.clear()
+        sock.write(render_error(503, self._refusal, accept).encode(close=True))
+        sock.close()
+
     def data_received(self, data: bytes) -> None:
         if self._chan is None:
             self._early.append(data)
-            if self._sock is not None:
+            if self._refusal is not None:
+                self._refuse()
+            elif self._sock is not None:
                 self._sock.pause_reading()  # until the channel is open
             return
         with contextlib.suppress(OSError):  # the channel closed meanwhile
@@ -179,6 +203,7 @@ class _SocketEnd(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self._chan is None:
             self._early_eof = True
+            self._refuse()
         else:
             with contextlib.suppress(OSError):
                 self._chan.write_eof()
@@ -212,34 +237,67 @@ class _SocketEnd(asyncio.Protocol):
 
 
 class Bridge:
-    """The UNIX socket of one forward and the Forwarder that uses it."""
+    """The UNIX socket of one forward (``address``, for the fast path's own connections),
+    and the aiohttp Forwarder into it for the requests aiohttp forwards."""
 
-    def __init__(self, path: Path, label: str, key: str, locate: Locator,
+    def __init__(self, path: Path, label: str, site: str, key: str, locate: Locator,
                  timeout: float) -> None:
         self.path = path
+        self.address = Address(path=str(path))
         self.label = label
+        self.site = site
         self.key = key
         self.locate = locate
-        self.forwarder = TunnelForwarder(timeout, path)
+        self.closed = False
         self.splices: set[_SocketEnd] = set()
+        self._timeout = timeout
+        self._forwarder: TunnelForwarder | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        """Listen on the socket and open the client pool. Raises OSError."""
+        """Listen on the socket. Raises OSError."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _SocketEnd(self), str(self.path))
-        await self.forwarder.start()
+
+    async def forwarder(self) -> TunnelForwarder:
+        """The aiohttp Forwarder into this bridge, its pool opened on first use: most
+        requests take the fast path, which connects to ``address`` itself, so most
+        bridges never need one. Raises OSError once the bridge is closed."""
+        if self.closed:
+            raise ConnectionResetError(f"the bridge of {self.label} is closed")
+        forwarder = self._forwarder
+        if forwarder is None:
+            forwarder = self._forwarder = TunnelForwarder(self._timeout, self.path)
+            await forwarder.start()
+        return forwarder
+
+    def refusal(self) -> str:
+        """What a client is told when no channel could be opened: that the site is
+        unreachable when its tunnel (or this forward) is gone, else that the server does
+        not answer through it (the agent refused the channel)."""
+        try:
+            self.locate()
+        except LookupError:
+            return unreachable_message(self.site)
+        return f"{self.label} is not reachable through its tunnel"
+
+    def retire(self) -> None:
+        """Refuse new uses from now on (``closed``); ``close`` does the rest."""
+        self.closed = True
 
     async def close(self) -> None:
         """Stop listening, close pooled and spliced connections (idempotent)."""
+        self.closed = True
         if self._server is not None:
             self._server.close()
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-        await self.forwarder.close()
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.close()
         opening = [t for s in list(self.splices) if (t := s.close()) is not None]
         self.splices.clear()
         await asyncio.gather(*opening, return_exceptions=True)

@@ -27,6 +27,12 @@ def is_tunnel(target: str) -> bool:
     return target.startswith(PREFIX)
 
 
+def format_target(site: str, server_key: str) -> str:
+    """The canonical target of the forward ``server_key`` of ``site`` (``parse_target``
+    reverses it): the target every route to that forward has."""
+    return f"{PREFIX}{subject_token(site)}/{server_key}"
+
+
 def parse_target(target: str) -> TunnelTarget:
     """Split a ``tunnel://<site-token>/<user-token>.<server-token>`` target.
 

@@ -12,8 +12,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol, cast
 
+from fedhub.edge_proxy.address import Address
 from fedhub.edge_proxy.errors import UpstreamUnreachable
-from fedhub.edge_proxy.plan import Address
 
 IDLE_TIMEOUT = 15.0  # below common upstream keep-alive timeouts (nginx 75 s, tornado 3600 s)
 MAX_IDLE = 256  # idle connections kept per address

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
 import aiohttp
+import asyncssh
 import pytest
 from aiohttp import web
 
-from fedhub.edge_proxy.plan import Plan
+from fedhub.edge_proxy.exchange import Exchange
+from fedhub.edge_proxy.front import Client, Front
 from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
+from fedhub.edge_proxy.tunnel_bridge import Bridge
 from fedhub.events.memory import MemoryStore
 from tests.support.services import free_port
 from tests.unit.edge_proxy.factories import World
@@ -443,10 +447,73 @@ async def test_with_the_access_log_on_aiohttp_answers_and_logs_every_request(
         await proxy.stop()
 
 
-async def test_a_tunnel_target_without_its_tunnel_is_answered_as_unreachable(
-    proxy: EdgeProxy
+class _Refusing:
+    """An SSH connection whose agent refuses every channel (its server does not answer)."""
+
+    async def create_connection(self, *args: object, **kwargs: object) -> None:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
+
+
+@pytest.mark.parametrize(("tunnel", "accept", "message"), [
+    ("gone", "", "the site site1 is unreachable (no tunnel from its agent)"),
+    ("gone", "text/html", "the site site1 is unreachable (no tunnel from its agent)"),
+    ("refused", "", "bob._ at site site1 is not reachable through its tunnel"),
+])
+async def test_a_bridge_that_cannot_open_a_channel_says_why_and_the_fast_path_relays_it(
+    proxy: EdgeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tunnel: str,
+    accept: str, message: str
 ) -> None:
-    plan = Plan("tunnel://site-a/carol._", None, "assertion", "cookie")
-    assert proxy.tunnel_gone(plan) == (
-        503, "the site site-a is unreachable (no tunnel from its agent)")
-    assert proxy.tunnel_gone(Plan("tunnel://bad", None, None, None)) is None
+    def locate() -> tuple[asyncssh.SSHServerConnection, int]:
+        if tunnel == "gone":  # as the proxy's locator says when the site has no link
+            raise LookupError("the tunnel is gone")
+        return cast(asyncssh.SSHServerConnection, _Refusing()), 1
+
+    world = world_of(proxy)
+    await proxy.store.append(world.route("bob", "tunnel://site1/bob._", site="site1"))
+    await asyncio.sleep(0.05)
+    bridge = Bridge(tmp_path / "bob.sock", "bob._ at site site1", "site1", "bob._", locate,
+                    1.0)
+    await bridge.start()
+    # The bridge was up when the request was planned; its tunnel went before the channel.
+    monkeypatch.setattr(proxy, "bridge_address", lambda target: bridge.address)
+    try:
+        reader, writer = await connect(proxy)
+        token = world.api_token("bob", jti="tok-bob").encode()
+        writer.write(b"GET /user/bob/x HTTP/1.1\r\nHost: h\r\nAuthorization: token " + token
+                     + (b"\r\nAccept: " + accept.encode() if accept else b"") + b"\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert status == 503
+        if accept:
+            assert headers["content-type"].startswith("text/html")
+            assert message.encode() in body
+        else:
+            assert json.loads(body) == {"status": 503, "message": message}
+        writer.write(get("/user/alice/after", proxy))  # the client's connection lives on
+        assert (await read_response(reader))[2] == b"/user/alice/after"
+    finally:
+        await bridge.close()
+
+
+async def test_a_target_the_fast_path_cannot_send_to_is_handed_to_aiohttp(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    # The fast path sends the request's own target; a route's path is aiohttp's to add.
+    await proxy.store.append(world_of(proxy).route("alice", f"http://127.0.0.1:{upstream.port}"
+                                                            "/prefix"))
+    await asyncio.sleep(0.05)
+    route = proxy.state.routes.match("/user/alice/")
+    assert route is not None and route.address is None
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/x", proxy))
+    assert (await read_response(reader))[2] == b"/prefix/user/alice/x"
+
+
+def test_a_client_is_idle_between_requests_only_and_never_while_closing() -> None:
+    client = Client(cast(Front, None))
+    assert client.idle
+    client.exchange = cast(Exchange, object())
+    assert not client.idle
+    client.exchange = None
+    assert client.idle
+    client.close()  # its last answer may still be on its way: the sweeper must wait
+    assert not client.idle

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import pytest
 
+from fedhub.edge_proxy.address import tcp_address
 from fedhub.edge_proxy.headers import downstream_head, downstream_pairs, upstream_pairs
 from fedhub.edge_proxy.http1 import (
     ChunkedScanner,
@@ -13,8 +16,10 @@ from fedhub.edge_proxy.http1 import (
     build_head,
     parse_request,
     parse_status,
+    status_line,
 )
-from fedhub.edge_proxy.plan import tcp_address, without_query_param
+from fedhub.edge_proxy.pages import render_error
+from fedhub.edge_proxy.plan import without_query_param
 
 BODY = b"5\r\nhello\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
 
@@ -106,3 +111,16 @@ def test_query_token_removal_and_targets() -> None:
     address = tcp_address("http://127.0.0.1:8888")
     assert address is not None and (address.host, address.port) == ("127.0.0.1", 8888)
     assert tcp_address("https://hub.example.org") is None
+    assert tcp_address("http://hub.example.org/") == ("hub.example.org", 80, "")
+    # What the fast path would not send as aiohttp does: it sends the request's own target.
+    for odd in ("http://h:1/prefix", "http://u:p@h:1", "http://h:1?q", "http://h:99999"):
+        assert tcp_address(odd) is None, odd
+
+
+def test_status_lines_take_the_standard_reason_when_none_is_given() -> None:
+    assert status_line(200, "Fine") == "HTTP/1.1 200 Fine"
+    assert status_line(502, "") == "HTTP/1.1 502 Bad Gateway"
+    assert status_line(599, "") == "HTTP/1.1 599 Unknown"
+    for status in (401, 403, 404, 431, 503, 504):  # the proxy's own answers too
+        head = render_error(status, "x", "").encode(close=False).split(b"\r\n", 1)[0]
+        assert head == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()

@@ -91,3 +91,21 @@ def test_unpack_refuses_event_bytes() -> None:
     data, _, route = packed(event())
     with pytest.raises(ValueError):
         proofs.unpack(data, route)
+
+
+def test_a_proof_packed_from_an_event_of_another_shape_never_verifies() -> None:
+    # pack trusts its caller (fold_route) to hand it signed RouteAdded events of this
+    # version; the event it would put back together from anything else is not the one signed.
+    env = event()
+    _, _, route = packed(env)
+    for name, value in (("version", RouteAdded.VERSION + 1), ("type", "RouteRemoved")):
+        fields = json.loads(env.encode())
+        fields[name] = value
+        fields["signature"] = KEY.sign(raw.signing_bytes(fields))
+        data = json.dumps(fields).encode()
+        read = raw.loads(data)
+        assert read is not None
+        proof = proofs.pack(read, route, data)
+        assert proof[:1] == b"\0"
+        with pytest.raises(EventLogError):
+            proofs.verify(proof, route, RING, COORD)

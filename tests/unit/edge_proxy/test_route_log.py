@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
+from fedhub.edge_proxy.address import tcp_address
 from fedhub.edge_proxy.route_log import check_routes
 from fedhub.edge_proxy.routes import normalize_prefix
 from fedhub.edge_proxy.state import _PLAIN_TARGET, ProxyState, apply, make_route
@@ -176,6 +177,9 @@ def test_targets_taken_without_parsing_are_ones_yarl_accepts(target: str) -> Non
     if port is None or int(port) <= 65535:
         url = URL(target)
         assert url.scheme in ("http", "https") and url.host
+        # ... and whose address, worked out without parsing, is the parsed one
+        route = make_route("fedhub.route.a._", 1, "/user/a/", target, "a", "", "site1")
+        assert route.address == tcp_address(target)
 
 
 @given(st.text())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from fedhub.edge_proxy.address import tcp_address
 from fedhub.edge_proxy.routes import Route, RouteTable, normalize_prefix
 
 
 def route(subject: str, prefix: str, target: str = "http://127.0.0.1:9000") -> Route:
     return Route(subject=subject, prefix=normalize_prefix(prefix), url_prefix=prefix,
-                 target=target, user="alice", server="", site="", seq=1)
+                 target=target, user="alice", server="", site="", seq=1,
+                 address=tcp_address(target))
 
 
 def test_longest_prefix_wins() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 
 from fedhub.edge_proxy.state import ProxyState
+from fedhub.edge_proxy.tunnel_bridge import Bridge
 from fedhub.edge_proxy.tunnel_server import (
     AgentServer,
     Forward,
@@ -224,3 +228,44 @@ def test_routes_accept_tunnels_of_their_own_site_only(world: World, state: Proxy
     route = state.routes.match("/user/alice/lab")
     assert route is not None and route.target == "tunnel://site1/alice._"
     assert state.routes.match("/user/bob/") is None
+
+
+# -- the bridge's own answer --------------------------------------------------------------
+
+def _gone() -> tuple[asyncssh.SSHServerConnection, int]:
+    raise LookupError("no link")
+
+
+async def _ask(bridge: Bridge, *parts: bytes, eof: bool = False) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(str(bridge.path))
+    for part in parts:
+        await asyncio.sleep(0.05)  # the channel has failed by now: the answer waits
+        writer.write(part)
+    if eof:
+        writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_bridge_without_its_tunnel_answers_the_request_in_the_form_it_asks_for(
+    tmp_path: Path
+) -> None:
+    bridge = Bridge(tmp_path / "b.sock", "alice._ at site site1", "site1", "alice._", _gone,
+                    1.0)
+    await bridge.start()
+    try:
+        page = await _ask(bridge, b"GET /user/alice/ HTTP/1.1\r\nHost: h\r\n",
+                          b"Accept: text/html\r\n", b"\r\n")
+        head, _, body = page.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"Content-Type: text/html" in head and b"Connection: close" in head
+        assert b"the site site1 is unreachable (no tunnel from its agent)" in body
+        answer = await _ask(bridge, b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+            "status": 503, "message": "the site site1 is unreachable (no tunnel from its agent)"}
+        # No head before the end of its input: answered all the same.
+        assert b" 503 " in await _ask(bridge, b"\x00garbage", eof=True)
+    finally:
+        await bridge.close()
