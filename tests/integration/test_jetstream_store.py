@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,43 @@ class TestJetStreamStore(EventStoreContract):
             s = await JetStreamStore.connect(url)
             yield s
             await s.close()
+
+
+async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> None:
+    # fedhub audit --since bisects the log with ``first``: it used to create (and delete)
+    # a consumer per step. Watch the JetStream API requests on the server itself.
+    import nats
+
+    from fedhub.events.envelope import new_event
+    from fedhub.schemas import subjects
+    from fedhub.schemas.events import UserCreated
+
+    with nats_server(tmp_path) as url:
+        store = await JetStreamStore.connect(url)
+        watcher = await nats.connect(url)
+        try:
+            for i in range(5):
+                await store.append(new_event(subjects.user(f"u{i}"), UserCreated(name=f"u{i}"),
+                                             actor="test", signer=None))
+            requests: list[str] = []
+
+            async def seen(msg: nats.aio.msg.Msg) -> None:
+                requests.append(msg.subject)
+
+            await watcher.subscribe("$JS.API.>", cb=seen)
+            await watcher.flush()
+            found = [await store.first(start=seq) for seq in (1, 3, 5, 6)]
+            assert [f.seq if f else None for f in found] == [1, 3, 5, None]
+            await watcher.flush()
+            await asyncio.sleep(0.2)
+            by_first = list(requests)
+            assert sum(".DIRECT.GET." in r for r in by_first) == 4, by_first
+            assert not [r for r in by_first if r.startswith("$JS.API.CONSUMER.")]
+            async with aclosing(store.read(start=2)) as reading:  # the watcher sees those
+                await anext(reading)
+            await watcher.flush()
+            await asyncio.sleep(0.2)
+            assert [r for r in requests if r.startswith("$JS.API.CONSUMER.")]
+        finally:
+            await watcher.close()
+            await store.close()

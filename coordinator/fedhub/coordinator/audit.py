@@ -187,8 +187,7 @@ async def first_seq_at(store: EventStore, when: datetime) -> int:
     lo, hi = 1, await store.last_seq()
     while lo <= hi:
         mid = (lo + hi) // 2
-        async with aclosing(store.read(subjects.ALL, start=mid)) as after:
-            item = await anext(after, None)
+        item = await store.first(subjects.ALL, start=mid)
         if item is None or item.event.time >= when:
             hi = mid - 1
         else:

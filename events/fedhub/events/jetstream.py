@@ -196,6 +196,24 @@ class JetStreamStore:
         assert raw.seq is not None and raw.data is not None
         return StoredEvent(int(raw.seq), decode(raw.data))
 
+    async def first(self, subjects: str = "fedhub.>", *, start: int = 1) -> StoredEvent | None:
+        seq = max(start, 1)
+        while True:
+            try:  # a direct get of the next message on the subjects: no consumer
+                raw = await self._js.get_msg(self._stream, seq=seq, subject=subjects,
+                                             next=True, direct=True)
+            except NotFoundError:
+                return None
+            except (TimeoutError, NatsError) as exc:
+                raise StoreUnavailable(f"cannot read {subjects} from {seq}: {exc}") from exc
+            assert raw.seq is not None
+            try:
+                return StoredEvent(int(raw.seq), decode(raw.data or b""))
+            except MalformedEvent as exc:
+                log.warning("skipping malformed message %d on %s: %s", raw.seq, raw.subject,
+                            exc)
+                seq = int(raw.seq) + 1
+
     async def last_seq(self) -> int:
         try:
             info = await self._js.stream_info(self._stream)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -97,6 +98,10 @@ class MemoryStore:
         except MalformedEvent as exc:
             log.warning("skipping malformed message %d on %s: %s", msg.seq, msg.subject, exc)
             return None
+
+    async def first(self, subjects: str = "fedhub.>", *, start: int = 1) -> StoredEvent | None:
+        async with aclosing(self.read(subjects, start=start)) as items:
+            return await anext(items, None)
 
     async def read(
         self, subjects: str = "fedhub.>", *, start: int = 1

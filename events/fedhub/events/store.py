@@ -61,6 +61,12 @@ class EventStore(Protocol):
         """
         ...
 
+    async def first(self, subjects: str = "fedhub.>", *, start: int = 1) -> StoredEvent | None:
+        """The first event matching ``subjects`` with sequence >= ``start`` (None if there
+        is none), fetched by sequence without a consumer. Malformed messages are skipped,
+        as ``read`` skips them."""
+        ...
+
     def read(
         self, subjects: str = "fedhub.>", *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:

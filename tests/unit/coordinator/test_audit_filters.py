@@ -91,6 +91,12 @@ class CountingStore:
     async def last_seq(self) -> int:
         return await self.inner.last_seq()
 
+    async def first(self, subjects: str = "fedhub.>", *, start: int = 1) -> StoredEvent | None:
+        item = await self.inner.first(subjects, start=start)
+        if item is not None:
+            self.handed.append(item.event.subject)
+        return item
+
     async def read(self, subjects: str = "fedhub.>", *,
                    start: int = 1) -> AsyncGenerator[StoredEvent, None]:
         async for item in self.inner.read(subjects, start=start):

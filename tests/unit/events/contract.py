@@ -97,6 +97,21 @@ class EventStoreContract:
         assert [e.seq async for e in store.read("fedhub.user.>", start=s1 + 1)] == [s3]
         assert [e async for e in store.read("fedhub.route.>")] == []
 
+    async def test_first_fetches_the_next_match_from_a_sequence(self, store: EventStore
+                                                                 ) -> None:
+        s1 = await store.append(created("u1"))
+        k = await store.append(created("k1", subject=subjects.key("k1")))
+        await store.append_raw(subjects.user("bad"), b"{not json")
+        s4 = await store.append(created("u2"))
+        first = await store.first()
+        assert first is not None and (first.seq, first.event.data["name"]) == (s1, "u1")
+        later = await store.first("fedhub.user.>", start=s1 + 1)  # skips key and malformed
+        assert later is not None and later.seq == s4
+        key = await store.first("fedhub.key.>")
+        assert key is not None and key.seq == k
+        assert await store.first("fedhub.user.>", start=s4 + 1) is None
+        assert await store.first("fedhub.route.>") is None
+
     async def test_malformed_messages_are_skipped(self, store: EventStore) -> None:
         await store.append_raw(subjects.user("bad"), b"{not json")
         good = await store.append(created("good"))
