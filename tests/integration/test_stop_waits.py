@@ -32,7 +32,9 @@ BURST = 50
 
 
 @pytest.fixture
-async def hub(nats_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
+async def coordinator(nats_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
+    """A coordinator in this process (not conftest's running ``hub``), its projection
+    running, with a site that looks alive and a user to stop servers of."""
     settings = CoordinatorSettings(nats_url=nats_url, data_dir=tmp_path, name="stopper")
     made = await open_hub(settings, await JetStreamStore.connect(nats_url))
     task = asyncio.create_task(made.projection.run())
@@ -49,12 +51,12 @@ async def hub(nats_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
 
 
 @pytest.fixture
-async def client(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+async def client(coordinator: Hub) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     app.include_router(api.router)
     install_error_handlers(app)
-    app.state.hub = hub
-    secret, _ = await issue_token(hub, "root", "test", None, "test")
+    app.state.hub = coordinator
+    secret, _ = await issue_token(coordinator, "root", "test", None, "test")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
                                  headers={"Authorization": f"token {secret}"},
                                  timeout=60) as c:
@@ -80,21 +82,21 @@ async def all_stopping(hub: Hub, names: list[str]) -> None:
 
 
 async def test_a_burst_of_stops_opens_no_consumers_and_all_answer_204(
-        hub: Hub, client: httpx.AsyncClient, nats_url: str) -> None:
+        coordinator: Hub, client: httpx.AsyncClient, nats_url: str) -> None:
     names = [f"s{i}" for i in range(BURST)]
     for name in names:
-        await servers.start(hub, "stopper", name, SITE, {}, "test")
-    await hub.projection.wait_for(await hub.store.last_seq())
+        await servers.start(coordinator, "stopper", name, SITE, {}, "test")
+    await coordinator.projection.wait_for(await coordinator.store.last_seq())
     before = await consumers(nats_url)
     stops = [asyncio.create_task(client.delete(f"/hub/api/users/stopper/servers/{n}"))
              for n in names]
-    await all_stopping(hub, names)
+    await all_stopping(coordinator, names)
     await asyncio.sleep(0.5)  # every handler is waiting for its server to stop by now
     assert await consumers(nats_url) == before
     for name in names:  # what the site's reports become once ingested
-        last = await hub.store.last(subjects.server("stopper", name))
+        last = await coordinator.store.last(subjects.server("stopper", name))
         assert last is not None
-        await hub.emit(subjects.server("stopper", name), ServerStopped(
+        await coordinator.emit(subjects.server("stopper", name), ServerStopped(
             user="stopper", server=name, site=SITE, spawn_id=last.event.data["spawn_id"],
             reason="stopped"), expected_seq=last.seq)
     answers = await asyncio.gather(*stops)
@@ -102,8 +104,8 @@ async def test_a_burst_of_stops_opens_no_consumers_and_all_answer_204(
 
 
 async def test_a_stop_not_done_in_time_is_202_and_not_running_is_204(
-        hub: Hub, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    await servers.start(hub, "stopper", "slow", SITE, {}, "test")
+        coordinator: Hub, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    await servers.start(coordinator, "stopper", "slow", SITE, {}, "test")
     monkeypatch.setattr(api, "STOP_PATIENCE", 0.3)
     r = await client.delete("/hub/api/users/stopper/servers/slow")
     assert r.status_code == 202
