@@ -29,30 +29,13 @@ from tests.support.backend_contract import (
     new_spec,
     start_until_running,
 )
-from tests.support.services import missing
 
 pytestmark = pytest.mark.integration
-SETUP = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "setup-test-env.sh"
 HEADER = "X-Fedhub-Assertion"
 
 
 def _docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def image() -> str:
-    """The single-user image tag, building it (and starting dockerd) once if needed."""
-    if os.geteuid() != 0:
-        missing("the Docker site tests need root (they start dockerd and build the image)")
-    try:
-        done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True,
-                              timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        missing(f"{SETUP.name} could not run: {exc}")
-    if done.returncode != 0:
-        missing(f"{SETUP.name} failed (dockerd or image build):\n{done.stderr[-3000:]}")
-    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,39 +31,9 @@ from tests.support.backend_contract import (
     new_spec,
     start_until_running,
 )
-from tests.support.services import missing
 
 pytestmark = pytest.mark.integration
 
-SETUP = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "setup-test-cluster.sh"
-
-
-def _node_ready() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        out = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and any(
-        s.strip() in ("idle", "mixed", "allocated") for s in out.stdout.splitlines())
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> None:
-    """A running one-node cluster (started by the setup script if needed)."""
-    if _node_ready():
-        return
-    if os.geteuid() != 0:
-        missing("Slurm is not running and starting it needs root "
-                f"(run {SETUP.relative_to(SETUP.parents[2])} as root)")
-    try:
-        done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        missing("the Slurm setup script did not finish within 15 minutes")
-    if done.returncode != 0 or not _node_ready():
-        missing(f"cannot start a Slurm cluster: {(done.stderr or done.stdout)[-1500:]}")
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.test_backend_docker import image  # noqa: F401 - fixture
-from tests.integration.test_backend_slurm import slurm_cluster  # noqa: F401 - fixture
 from tests.support.federation import wait_until
-from tests.support.hub import Hub, enroll, start_hub, wait_site_online
+from tests.support.hub import Hub, enroll, wait_site_online
 from tests.support.kernel import run_code
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def hub(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("sites"), nats_url)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def add_site(hub: Hub, name: str, backend: str, config: dict[str, Any]) -> None:
@@ -77,7 +65,7 @@ def use_server(hub: Hub, user: str, site: str, options: dict[str, Any]) -> list[
     return messages
 
 
-def test_a_slurm_site_through_the_hub(hub: Hub, slurm_cluster: None) -> None:  # noqa: F811
+def test_a_slurm_site_through_the_hub(hub: Hub, slurm_cluster: None) -> None:
     add_site(hub, "hpc", "slurm", {"poll_interval": 0.5, "default_memory": "512M",
                                    "default_walltime": 30, "max_cores": os.cpu_count() or 1,
                                    "job_name_prefix": "fedhub-e2e"})
@@ -90,7 +78,7 @@ def test_a_slurm_site_through_the_hub(hub: Hub, slurm_cluster: None) -> None:  #
     assert any("job" in m.lower() for m in messages), messages
 
 
-def test_a_docker_site_through_the_hub(hub: Hub, image: str) -> None:  # noqa: F811
+def test_a_docker_site_through_the_hub(hub: Hub, image: str) -> None:
     add_site(hub, "cloud", "docker", {"default_profile": "small", "profiles": {
         "small": {"image": image, "cpus": 1, "memory": "768M"}}})
     use_server(hub, "docker-user", "cloud", {"profile": "small"})

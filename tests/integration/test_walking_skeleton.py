@@ -7,28 +7,17 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.schemas import subjects
-from tests.support.hub import ADMIN_PASSWORD, Browser, Hub, start_hub
+from tests.support.hub import ADMIN_PASSWORD, Browser, Hub
 from tests.support.kernel import run_code
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct-horse-1"
-
-
-@pytest.fixture(scope="module")
-def hub(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("hub"), nats_url)
-    try:
-        yield running
-    finally:
-        Browser.close_all()
-        running.stop()
 
 
 def make_user(hub: Hub, name: str) -> Browser:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fedhub.coordinator import auth, servers, siteadmin, spawning, users
+from fedhub.coordinator import auth, servers, siteadmin, spawning, users, waiting
 from fedhub.coordinator.auth import Identity
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Server, Token, User
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
+STOP_PATIENCE = 10.0  # seconds a DELETE waits for the stop before answering 202
 
 
 def hub_of(request: Request) -> Hub:
@@ -226,13 +227,18 @@ async def start_server(name: str, request: Request, server: str = "",
 @router.delete("/users/{name}/server")
 @router.delete("/users/{name}/servers/{server}")
 async def stop_server(name: str, request: Request, server: str = "") -> Response:
+    """Stop a server: 204 once it is stopped (or if it was not running), 202 if it is
+    still stopping after ``STOP_PATIENCE`` seconds; an unreachable log is a 503."""
     hub, ident, user = acting_for(request, name)
-    seq = await hub.store.last_seq()
-    if not await servers.stop(hub, user.name, server, _actor(ident)):
-        return Response(status_code=204)
-    status = await servers.wait_until(hub, user.name, server, seq, {
-        ServerStatus.STOPPED, ServerStatus.FAILED}, 10.0)
-    return Response(status_code=204 if status else 202)
+    server = servers.valid_server(server)
+    # Watched before the stop is requested, so its end cannot be missed; older events may
+    # still arrive while the projection catches up, hence ``after``.
+    with hub.projection.watch(subjects.server(user.name, server)) as events:
+        after = await hub.store.last_seq()
+        if not await servers.stop(hub, user.name, server, _actor(ident)):
+            return Response(status_code=204)
+        ended = await waiting.settled(events, after, waiting.STOP_ENDED, STOP_PATIENCE)
+    return Response(status_code=202 if ended is None else 204)
 
 
 @router.get("/users/{name}/servers/{server}")

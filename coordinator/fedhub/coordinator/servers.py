@@ -1,13 +1,10 @@
-"""Starting, stopping and watching servers. Decisions are made on the latest event of the
-server's subject and appended with that sequence expected, so two coordinators can never
-both start (or both stop) the same server."""
+"""Starting and stopping servers, and their models. Decisions are made on the latest
+event of the server's subject and appended with that sequence expected, so two
+coordinators can never both start (or both stop) the same server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from fedhub.coordinator.context import Hub
@@ -110,26 +107,6 @@ async def remove_route(hub: Hub, user: str, server: str, reason: str, parent: st
                        event_id=derived_id(parent, "route-removed"))
     except Conflict:
         pass  # someone else changed the route first
-
-
-async def wait_until(hub: Hub, user: str, server: str, after: int, done: set[ev.ServerStatus],
-                     timeout: float) -> ev.ServerStatus | None:
-    """Follow the server's events after ``after`` until one has a status in ``done``."""
-    try:
-        async with asyncio.timeout(timeout):
-            async for item in progress_events(hub, user, server, after):
-                if status_of(item) in done:
-                    return status_of(item)
-    except TimeoutError:
-        return None
-    return None
-
-
-async def progress_events(hub: Hub, user: str, server: str,
-                          after: int) -> AsyncGenerator[StoredEvent, None]:
-    async with aclosing(hub.store.follow(subjects.server(user, server), start=after + 1)) as it:
-        async for item in it:
-            yield item
 
 
 def progress_message(item: StoredEvent, url: str) -> dict[str, Any] | None:

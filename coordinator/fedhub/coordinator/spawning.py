@@ -1,8 +1,5 @@
-"""Waiting for a spawn on behalf of an API client or a spawn page.
-
-Waiters watch the projection (``ProjectionRunner.watch``) instead of opening a consumer
-of the log each or polling it: hundreds of spawns can wait at once, and NATS limits the
-number of consumers (a burst of 500 once ran into that limit).
+"""Waiting for a spawn on behalf of an API client or a spawn page, on the projection
+(see ``waiting``), never on a consumer of the log per request.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from fedhub.coordinator import servers
+from fedhub.coordinator import servers, waiting
 from fedhub.coordinator.context import Hub
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
@@ -23,7 +20,6 @@ from fedhub.schemas.events import RouteAdded, ServerStatus
 from fedhub.schemas.names import server_prefix
 
 KEEPALIVE = 8.0  # seconds between keep-alive lines of a quiet progress stream
-SETTLED = frozenset({ServerStatus.READY, ServerStatus.FAILED, ServerStatus.STOPPED})
 
 
 async def spawn(hub: Hub, user: str, server: str, site: str | None, options: dict[str, Any],
@@ -35,7 +31,7 @@ async def spawn(hub: Hub, user: str, server: str, site: str | None, options: dic
     with hub.projection.watch(subjects.server(user, server)) as events, \
             hub.projection.watch(subjects.route(user, server)) as routes:
         seq = await servers.start(hub, user, server, site, options, actor)
-        ended = await _settled(events, seq, patience)
+        ended = await waiting.settled(events, seq, waiting.SPAWN_ENDED, patience)
         if ended is None:
             return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
         if servers.status_of(ended) is not ServerStatus.READY:
@@ -45,20 +41,6 @@ async def spawn(hub: Hub, user: str, server: str, site: str | None, options: dic
             return JSONResponse({"status": 202, "message": "spawn pending"}, 202)
         return JSONResponse(servers.server_model(hub, servers.get_server(hub, user, server)),
                             201)
-
-
-async def _settled(events: asyncio.Queue[StoredEvent], after: int,
-                   timeout: float) -> StoredEvent | None:
-    """The first event after ``after`` that ends the spawn (ready, failed, stopped), or
-    None if there is none within ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                item = await events.get()
-                if item.seq > after and servers.status_of(item) in SETTLED:
-                    return item
-    except TimeoutError:
-        return None
 
 
 async def _routed(hub: Hub, routes: asyncio.Queue[StoredEvent], subject: str, after: int,

@@ -7,7 +7,12 @@ import time
 from pathlib import Path
 
 from fedhub.site_agent.backends.local import LocalProcessBackend
-from fedhub.site_agent.backends.process import alive, group_alive, proc_state, spawn_detached
+from fedhub.site_agent.backends.process import (
+    ProcessGroup,
+    alive,
+    proc_state,
+    spawn_detached,
+)
 
 
 def orphaning_group(tmp_path: Path, member_seconds: float) -> tuple[int, int]:
@@ -25,6 +30,19 @@ def orphaning_group(tmp_path: Path, member_seconds: float) -> tuple[int, int]:
     return pid, starttime
 
 
+def group_alive(pid: int) -> bool:
+    return ProcessGroup(pid).alive()
+
+
+def wait_zombie(pid: int) -> None:
+    """Wait until our child ``pid`` has exited, without reaping it: it stays a zombie."""
+    deadline = time.monotonic() + 5
+    while not getattr(proc_state(pid), "zombie", True) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state = proc_state(pid)
+    assert state is not None and state.zombie
+
+
 def test_a_group_outlives_its_leader_until_its_last_member_ends(tmp_path: Path) -> None:
     pid, _ = orphaning_group(tmp_path, 0.6)
     assert group_alive(pid), "the leader's child still runs in its group"
@@ -32,6 +50,33 @@ def test_a_group_outlives_its_leader_until_its_last_member_ends(tmp_path: Path) 
     while group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not group_alive(pid)
+
+
+def test_a_zombie_member_does_not_keep_its_group_alive(tmp_path: Path) -> None:
+    pid = spawn_detached(["/bin/sh", "-c", "exit 0"], dict(os.environ), tmp_path / "log")
+    try:
+        wait_zombie(pid)  # still in /proc and in its group, but not running
+        state = proc_state(pid)
+        assert state is not None and state.group == pid
+        assert not group_alive(pid)
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_member_forked_after_the_first_check_keeps_the_group_alive(tmp_path: Path) -> None:
+    pid = spawn_detached(["/bin/sh", "-c", "sleep 0.4; sleep 1.5 & exit 0"],
+                         dict(os.environ), tmp_path / "log")
+    try:
+        group = ProcessGroup(pid)
+        assert group.alive()  # only the leader so far: it is what is remembered
+        wait_zombie(pid)
+        assert group.alive(), "the member the leader forked later runs in its group"
+        deadline = time.monotonic() + 5
+        while group.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group.alive()
+    finally:
+        os.waitpid(pid, 0)
 
 
 def test_no_group_for_a_pid_that_leads_none() -> None:

@@ -23,8 +23,8 @@ from fedhub.site_agent.backends.base import (
     ServerSpec,
 )
 from fedhub.site_agent.backends.process import (
+    ProcessGroup,
     alive,
-    group_alive,
     proc_state,
     reap,
     signal_group,
@@ -256,8 +256,10 @@ class LocalProcessBackend:
 
         # The server's kernels share its process group and may outlive it (for a moment, or
         # orphaned by a crash): the server is stopped only when the whole group is gone.
+        group = ProcessGroup(pid)
+
         def running() -> bool:
-            return alive(pid, starttime) or group_alive(pid)
+            return alive(pid, starttime) or group.alive()
 
         if not running():
             return

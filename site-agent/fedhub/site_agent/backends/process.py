@@ -8,28 +8,33 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class ProcState:
-    """What /proc says about a pid: its start time and whether it is a zombie."""
+    """What /proc says about a pid: its start time, zombie flag and process group."""
 
     starttime: int
     zombie: bool
+    group: int
 
 
 def proc_state(pid: int) -> ProcState | None:
-    """The process's start time and zombie flag, or None if there is no such process."""
+    """The process's state from ``/proc/<pid>/stat``, or None if there is no such process.
+    The one parser of that file: everything else asks here."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); field 22 (starttime) is fields[19].
-    return ProcState(starttime=int(fields[19]), zombie=fields[0] in ("Z", "X"))
+    # fields[0] is field 3 (state), fields[2] field 5 (process group), fields[19] field 22
+    # (starttime).
+    return ProcState(starttime=int(fields[19]), zombie=fields[0] in ("Z", "X"),
+                     group=int(fields[2]))
 
 
 def reap(pid: int) -> str | None:
@@ -77,31 +82,52 @@ def spawn_detached(argv: list[str], env: dict[str, str], log_path: Path) -> int:
     return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
 
 
-def group_alive(pid: int) -> bool:
-    """True while a live (not zombie) process of the group led by ``pid`` exists.
-
-    Zombies do not count: an orphaned kernel waits for init to reap it, which is not ours
-    to wait for (and may never happen in a container whose init does not reap).
-    """
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
+def _processes() -> Iterator[tuple[int, ProcState]]:
+    """Every process in /proc with its state; those that end meanwhile are left out."""
     with os.scandir("/proc") as entries:
         for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                raw = Path(f"/proc/{entry.name}/stat").read_text()
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            fields = raw[raw.rindex(")") + 2 :].split()
-            # fields[0] is field 3 (state), fields[2] field 5 (process group).
-            if fields[2] == str(pid) and fields[0] not in ("Z", "X"):
+            if entry.name.isdigit() and (st := proc_state(int(entry.name))) is not None:
+                yield int(entry.name), st
+
+
+class ProcessGroup:
+    """The process group led by ``leader`` (a server and its kernels), for checking again
+    and again whether any of it still runs, as a stop does every few milliseconds.
+
+    The live members a scan of /proc finds are remembered with their start times; while
+    one of them still runs in the group, that alone answers. /proc is scanned again only
+    once none does, because a member may have forked a new one meanwhile: the group is
+    gone only when a full scan finds no live member.
+    """
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self._members: dict[int, int] = {}  # pid -> start time
+
+    def alive(self) -> bool:
+        """True while a live (not zombie) process of the group exists. Never raises for
+        processes that end meanwhile.
+
+        Zombies do not count: an orphaned kernel waits for init to reap it, which is not
+        ours to wait for (and may never happen in a container whose init does not reap).
+        """
+        try:
+            os.killpg(self.leader, 0)
+        except ProcessLookupError:
+            self._members.clear()
+            return False
+        except PermissionError:
+            pass  # the group exists, we may just not signal all of it
+        for pid, starttime in list(self._members.items()):
+            st = proc_state(pid)
+            if st is not None and st.starttime == starttime and self._counts(st):
                 return True
-    return False
+            del self._members[pid]
+        self._members = {pid: st.starttime for pid, st in _processes() if self._counts(st)}
+        return bool(self._members)
+
+    def _counts(self, st: ProcState) -> bool:
+        return st.group == self.leader and not st.zombie
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
