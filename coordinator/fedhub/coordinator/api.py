@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,15 +15,12 @@ from fedhub.coordinator.db import Server, Token, User
 from fedhub.coordinator.errors import (
     BadRequest,
     Conflict,
-    CoordinatorError,
     NotFound,
 )
 from fedhub.coordinator.sites import list_sites
-from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas import subjects
 from fedhub.schemas.events import ServerStatus, TokenRevoked
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
@@ -214,14 +210,7 @@ async def start_server(name: str, request: Request, server: str = "",
         raise BadRequest("site must be a string")
     patience = hub.settings.slow_spawn_timeout if wait is None else min(max(wait, 0.0), 300.0)
     server = servers.valid_server(server)
-    try:
-        return await spawning.spawn(hub, user.name, server, site, options, _actor(ident), patience)
-    except (CoordinatorError, StoreUnavailable):
-        raise  # answered by the app's handlers (StoreUnavailable: 503)
-    except Exception as exc:  # a bug: still tell the client what failed, never a bare 500
-        log.exception("spawn of %s/%s failed", user.name, server)
-        return JSONResponse({"status": 500, "message": f"Spawn failed: internal error "
-                             f"({type(exc).__name__}: {exc})"}, 500)
+    return await spawning.spawn(hub, user.name, server, site, options, _actor(ident), patience)
 
 
 @router.delete("/users/{name}/server")

@@ -133,8 +133,21 @@ async def _on_log_down(request: Request, exc: Exception) -> Response:
     return await _on_error(request, Unavailable(f"the event log is unavailable: {exc}"))
 
 
+async def _on_bug(request: Request, exc: Exception) -> Response:
+    # A bug: still tell the client what failed, never a bare 500. (Starlette re-raises it
+    # afterwards, so the server logs the traceback.)
+    if request.url.path.startswith("/hub/api"):
+        return JSONResponse({"status": 500, "message": f"{request.method} {request.url.path} "
+                             f"failed: internal error ({type(exc).__name__}: {exc})"}, 500)
+    return pages.render(request, "error.html", None, status=500, title="",
+                        message=f"Internal error ({type(exc).__name__}); the hub's log has "
+                        "the details.")
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer CoordinatorError with its status (JSON under /hub/api, a page elsewhere) and
-    an unreachable event log with 503, whichever handler raised it."""
+    """Answer CoordinatorError with its status (JSON under /hub/api, a page elsewhere), an
+    unreachable event log with 503, and any other exception (a bug) with a 500 saying what
+    failed, whichever handler raised it."""
     app.add_exception_handler(CoordinatorError, _on_error)
     app.add_exception_handler(StoreUnavailable, _on_log_down)
+    app.add_exception_handler(Exception, _on_bug)

@@ -140,3 +140,28 @@ async def test_an_unreachable_log_is_a_503_in_any_handler(
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": "the event log is unavailable: cannot read "
                         "stream info: no servers available"}
+
+
+async def test_a_bug_in_any_handler_is_a_500_that_says_what_failed(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = FastAPI()
+    app.include_router(api.router)
+    install_error_handlers(app)
+    app.state.hub = hub
+    secret, _ = await issue_token(hub, "root", "test", None, "test")
+
+    async def broken(*_args: object, **_kw: object) -> int:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(hub.store, "last_seq", broken)  # stop reads it first
+    monkeypatch.setattr(api.spawning, "spawn", broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub",
+                                 headers={"Authorization": f"token {secret}"}) as c:
+        stop = await c.delete("/hub/api/users/ann/server")
+        spawn = await c.post("/hub/api/users/ann/server", json={})
+    assert stop.status_code == spawn.status_code == 500
+    assert stop.json() == {"status": 500, "message": "DELETE /hub/api/users/ann/server "
+                           "failed: internal error (KeyError: 'oops')"}
+    assert spawn.json()["message"].endswith("internal error (KeyError: 'oops')")
