@@ -36,8 +36,9 @@ from fedhub.schemas.subjects import ALL, HEALTH_ROOT, HEALTH_STREAM, STREAM
 
 log = logging.getLogger(__name__)
 WRONG_LAST_SEQUENCE = 10071
-_FETCH_BATCH = 256
-_MAX_STALLS = 3
+# Events decoded per batch of a read: small reads (one server's events) are common, and
+# a batch is requested ahead while the previous one is handed out.
+_READ_BATCH = 256
 
 
 async def _on_error(exc: Exception) -> None:
@@ -285,41 +286,20 @@ class JetStreamStore:
     async def _pulled(
         self, subjects: str, config: jsapi.ConsumerConfig
     ) -> AsyncGenerator[StoredEvent, None]:
-        """Everything ``subjects`` holds now, fetched in bounded batches from an ephemeral
-        pull consumer: memory stays flat however long the log (a push consumer buffers
-        whatever the server sends ahead of a slow reader)."""
-        config.ack_policy = jsapi.AckPolicy.NONE
-        config.inactive_threshold = 60.0  # dropped by the server if we vanish mid-read
-        try:
-            sub = await self._js.pull_subscribe(subjects, stream=self._stream, config=config)
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(
-                f"cannot read {subjects}: {str(exc) or 'refused or timed out'}") from exc
-        try:
-            info = await sub.consumer_info()
-            pending = int(info.num_pending or 0)
-            stalls = 0
-            while pending > 0:
-                try:
-                    batch = await sub.fetch(min(_FETCH_BATCH, pending), timeout=5)
-                    stalls = 0
-                except TimeoutError as exc:  # nats-py raises its own or asyncio's
-                    stalls += 1
-                    if stalls >= _MAX_STALLS:  # refused, or the server went away
-                        raise StoreUnavailable(f"reading {subjects} stalled") from exc
-                    continue
-                for msg in batch:
-                    pending = int(msg.metadata.num_pending)
-                    item = self._decoded(msg)
-                    if item is not None:
-                        yield item
-        finally:
-            try:
-                await sub.unsubscribe()
-                if info_name := getattr(sub, "_consumer", None):
-                    await self._js.delete_consumer(self._stream, info_name)
-            except (NatsError, NotFoundError):
-                pass
+        """Everything ``subjects`` holds now, in bounded batches from an ephemeral pull
+        consumer (``bulk_read``): memory stays flat however long the log (a push consumer
+        buffers whatever the server sends ahead of a slow reader)."""
+        async with aclosing(bulk_read(self._nc, self._js, self._stream, subjects,
+                                      config, batch=_READ_BATCH)) as batches:
+            async for batch in batches:
+                for seq, data in batch:
+                    try:
+                        item = StoredEvent(seq, decode(data))
+                    except MalformedEvent as exc:
+                        log.warning("skipping malformed message %d on %s: %s", seq,
+                                    subjects, exc)
+                        continue
+                    yield item
 
     def _start_config(self, start: int) -> jsapi.ConsumerConfig:
         if start <= 1:
