@@ -40,14 +40,16 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def wait_http(url: str, timeout: float = 60.0, ok: tuple[int, ...] = (200,),
-              proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+              proc: subprocess.Popen[bytes] | None = None, log: Path | None = None,
+              headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
+    req = urllib.request.Request(url, headers=headers or {})
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"process for {url} exited ({proc.returncode}): {tail}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status in ok:
                     return
         except urllib.error.HTTPError as e:
@@ -94,13 +96,18 @@ class Procs:
             self.stop(proc)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process."""
+def user_sys(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of one process ((0, 0) once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process."""
+    return sum(user_sys(pid))
 
 
 def children(pid: int) -> list[int]:

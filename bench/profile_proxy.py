@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, Procs, cpu_seconds  # noqa: E402
+from common import BENCH, Procs, cpu_seconds, user_sys  # noqa: E402
 from fedlog import USER, FedLog  # noqa: E402
 from services import start_backend, start_edge_proxy, start_nats  # noqa: E402
 
@@ -59,14 +58,14 @@ def main() -> None:
                 url = f"http://127.0.0.1:{proxy.port}/user/{USER}/{size}.bin"
                 for _ in range(3):
                     cpu0 = cpu_seconds(proxy.pid)
-                    split0 = _user_sys(proxy.pid)
+                    split0 = user_sys(proxy.pid)
                     out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s",
                                           "-H", f"Authorization: token {token}", url],
                                          capture_output=True, text=True).stdout
                     cpu = cpu_seconds(proxy.pid) - cpu0
                     rps = [ln for ln in out.splitlines() if "Requests/sec" in ln]
                     n = float(rps[0].split()[-1]) * args.seconds if rps else 1
-                    split1 = _user_sys(proxy.pid)
+                    split1 = user_sys(proxy.pid)
                     user, system = split1[0] - split0[0], split1[1] - split0[1]
                     print(size, rps[0] if rps else out[-300:],
                           f"cpu/req {cpu / n * 1e6:.0f} us (user {user / n * 1e6:.0f},"
@@ -90,13 +89,6 @@ def main() -> None:
             summarize(prof)
     finally:
         procs.stop_all()
-
-
-def _user_sys(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of one process (where the proxy's time goes)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def summarize(path: Path, top: int = 25) -> None:

@@ -23,14 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, Procs, cpu_seconds, log, wrk  # noqa: E402
+from common import BENCH, Procs, cpu_seconds, log, wait_http, wrk  # noqa: E402
 from fedlog import USER, FedLog  # noqa: E402
 from services import start_edge_proxy, start_nats, start_static  # noqa: E402
 
@@ -54,20 +52,6 @@ def download(url: str, token: str) -> tuple[int, float]:
     if code != "200":
         raise RuntimeError(f"download of {url} answered {code}: {out.stderr[-300:]}")
     return int(size), float(secs)
-
-
-def wait_ok(url: str, token: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout}s (is the tunnel up?)")
 
 
 async def _write_log(nats: str, be: str, agent: SigningKey) -> str:
@@ -109,7 +93,8 @@ class Rig:
         base = f"http://127.0.0.1:{self.proxy.port}/user/{USER}"
         self.urls = {"direct": f"{base}/%s", "tunnel": f"{base}/{SERVER}/%s"}
         for url in self.urls.values():
-            wait_ok(url % "1k.bin", self.token)
+            # is the tunnel up?
+            wait_http(url % "1k.bin", headers={"Authorization": f"token {self.token}"})
 
 
 def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:

@@ -46,8 +46,7 @@ async def hub(nats: dict[str, str]) -> AsyncIterator[JetStreamStore]:
 @pytest.fixture
 async def site_a(nats: dict[str, str], hub: JetStreamStore) -> AsyncIterator[JetStreamStore]:
     store = await JetStreamStore.connect(nats["a"], create_streams=False,
-                                         inbox_prefix=inbox_prefix("site-a"),
-                                         bounded_reads=False)  # as a site agent connects
+                                         inbox_prefix=inbox_prefix("site-a"))  # as an agent
     yield store
     await store.close()
 

@@ -94,8 +94,33 @@ class Hub:
         return comp
 
     def stop(self) -> None:
+        """Stop the components, then every server they left running: an agent leaves its
+        servers up on exit by design (a restarted agent re-adopts them), but a test's
+        servers must not outlive its hub."""
         for comp in reversed(list(self.components.values())):
             comp.stop()
+        kill_processes_of(self.root)
+
+
+def kill_processes_of(root: Path) -> int:
+    """SIGKILL the process group of every process started with ``FEDHUB_DATA_DIR=root``
+    (servers and their kernels); returns how many groups."""
+    marker = f"FEDHUB_DATA_DIR={root}".encode()
+    groups = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                groups.add(os.getpgid(int(proc.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    for group in groups - {os.getpgid(0)}:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(groups)
 
 
 def start_hub(root: Path, nats_url: str, *, agent_env: dict[str, str] | None = None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +28,9 @@ class Hub:
     sessions: sessionmaker[Session]
     projection: ProjectionRunner
     keyring: KeyRing
+    # The heartbeat read in flight (sites.heartbeats): requests arriving meanwhile share it.
+    heartbeat_read: asyncio.Future[dict[str, tuple[bytes, datetime]]] | None = field(
+        default=None, init=False, repr=False)
 
     @property
     def actor(self) -> str:

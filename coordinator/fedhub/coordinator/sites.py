@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +13,6 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Site
 from fedhub.coordinator.errors import BadRequest
 from fedhub.events.errors import StoreUnavailable
-from fedhub.events.store import EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.resources import InvalidOptions, OptionSpec, specs_from_json, validate_options
 
@@ -44,25 +42,29 @@ class SiteView:
 
 
 Beats = dict[str, tuple[bytes, datetime]]
-# One heartbeat read in flight per store: requests arriving meanwhile share its answer
-# (a burst of spawns would otherwise open a consumer of the health stream each, twice).
-_reading: weakref.WeakKeyDictionary[EventStore, asyncio.Future[Beats]] = (
-    weakref.WeakKeyDictionary())
 
 
-async def _heartbeats(store: EventStore) -> Beats:
-    read = _reading.get(store)
+async def heartbeats(hub: Hub) -> Beats:
+    """The latest heartbeat of every site. One read in flight per coordinator: requests
+    arriving meanwhile share its answer (a burst of spawns would otherwise open a
+    consumer of the health stream each)."""
+    read = hub.heartbeat_read
     if read is None:
-        read = asyncio.ensure_future(store.latest_health(f"{subjects.HEALTH_ROOT}.site.>"))
-        _reading[store] = read
-        read.add_done_callback(lambda _f: _reading.pop(store, None))
+        read = asyncio.ensure_future(hub.store.latest_health(f"{subjects.HEALTH_ROOT}.site.>"))
+        hub.heartbeat_read = read
+
+        def done(_f: asyncio.Future[Beats]) -> None:
+            if hub.heartbeat_read is read:
+                hub.heartbeat_read = None
+
+        read.add_done_callback(done)
     return await asyncio.shield(read)
 
 
 async def list_sites(hub: Hub) -> list[SiteView]:
     """Every registered site with its health from the latest heartbeat."""
     try:
-        beats = await _heartbeats(hub.store)
+        beats = await heartbeats(hub)
     except StoreUnavailable as exc:
         log.warning("cannot read site health: %s", exc)
         beats = {}

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncssh
-from cryptography.hazmat.primitives import serialization
 
 from fedhub.events.signing import KeyRing, key_id
 from fedhub.events.sshkeys import raw_public
@@ -40,8 +39,7 @@ def authorized_kid(keyring: KeyRing, site: str, key: asyncssh.SSHKey) -> str | N
     if known is None or known.role != AGENT_ROLE or known.name != site:
         return None
     # The key id is a truncated hash: compare the whole key, not just the id.
-    enrolled = known.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return kid if enrolled == raw else None
+    return kid if known.raw == raw else None
 
 
 def still_valid(keyring: KeyRing, site: str, kid: str) -> bool:

@@ -79,8 +79,9 @@ class JetStreamStore:
         self._direct_reads = direct_reads
         # Pull consumers keep long reads (audit, rebuilds) in flat memory, but fetching
         # needs permission on the consumer's random name, which a site's credential cannot
-        # be given without letting it fetch from every consumer; sites read their few
-        # subjects with named push consumers, authorized by their filter.
+        # be given without letting it fetch from every consumer; sites (whose credential
+        # has an inbox prefix of its own) read their few subjects with named push
+        # consumers, authorized by their filter.
         self._bounded_reads = bounded_reads
 
     @classmethod
@@ -94,7 +95,6 @@ class JetStreamStore:
         name: str = "fedhub",
         connect_timeout: float = 15.0,
         inbox_prefix: str = "",
-        bounded_reads: bool = True,
     ) -> JetStreamStore:
         """Connect (reconnecting forever once connected) and make sure the streams exist.
 
@@ -125,7 +125,7 @@ class JetStreamStore:
                 await nc.close()
             raise StoreUnavailable(f"cannot connect to NATS at {url}: "
                                    f"{str(exc) or 'no answer in time'}") from exc
-        store = cls(nc, nc.jetstream(), bounded_reads=bounded_reads,
+        store = cls(nc, nc.jetstream(), bounded_reads=not inbox_prefix,
                     direct_reads=credentials is None)
         if create_streams:
             await store.ensure_streams(replicas=replicas)
@@ -334,10 +334,6 @@ class JetStreamStore:
     async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
         """See fedhub.events.raw.RawReader: the latest message per subject, undecoded."""
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
-        if not self._bounded_reads:
-            async for msg in self._ordered_msgs(subjects, cfg, until_caught_up=True):
-                yield int(msg.metadata.sequence.stream), msg.data
-            return
         direct = self._nc.connected_url if self._direct_reads else None
         # aclosing: a reader that stops early must close the bulk read (and its own
         # connection) now, not whenever the loop gets to finalize the generator.

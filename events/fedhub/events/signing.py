@@ -19,7 +19,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
-    Ed25519PublicKey,
 )
 from nacl.exceptions import BadSignatureError as _NaclBadSignature
 from nacl.signing import VerifyKey
@@ -112,10 +111,14 @@ class PublicKey:
     kid: str
     role: str
     name: str
-    key: Ed25519PublicKey
     # Verification goes through libsodium: about twice as fast as OpenSSL's Ed25519 on the
     # machines measured, and a proxy or an audit verifies one signature per event.
     verifier: VerifyKey
+
+    @property
+    def raw(self) -> bytes:
+        """The 32 bytes of the public key."""
+        return bytes(self.verifier)
 
 
 class KeyRing:
@@ -129,8 +132,7 @@ class KeyRing:
         raw = b64d(public_b64)
         if key_id(raw) != kid:
             raise InvalidSignature(f"key id {kid} does not match its public key")
-        self._keys[kid] = PublicKey(kid, role, name, Ed25519PublicKey.from_public_bytes(raw),
-                                    VerifyKey(raw))
+        self._keys[kid] = PublicKey(kid, role, name, VerifyKey(raw))  # ValueError if bad
 
     def add_signing_key(self, key: SigningKey, role: str, name: str) -> None:
         """Enroll the public half of one of our own keys."""
@@ -155,8 +157,7 @@ class KeyRing:
         """Serializable view: kid -> {role, name, public_key}."""
         out: dict[str, dict[str, str]] = {}
         for k in self._keys.values():
-            raw = k.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            out[k.kid] = {"role": k.role, "name": k.name, "public_key": b64e(raw)}
+            out[k.kid] = {"role": k.role, "name": k.name, "public_key": b64e(k.raw)}
         return out
 
     def verify(self, kid: str, data: bytes, signature: str, roles: frozenset[str]) -> PublicKey:

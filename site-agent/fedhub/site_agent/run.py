@@ -46,8 +46,7 @@ async def run_agent(settings: SiteAgentSettings, stop: asyncio.Event | None = No
     backend = make_backend(settings)
     # a site credential (its own inbox prefix) reads through filter-authorized consumers
     store = await JetStreamStore.connect(settings.nats_url, name=f"site-agent-{settings.site}",
-                                         create_streams=key is None, inbox_prefix=inbox,
-                                         bounded_reads=not inbox)
+                                         create_streams=key is None, inbox_prefix=inbox)
     agent = SiteAgent(settings, store, backend, key=key)
     try:
         await agent.start()

@@ -15,6 +15,7 @@ from fedhub.coordinator.app import open_hub
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.siteadmin import enroll_site
+from fedhub.coordinator.sites import list_sites
 from fedhub.coordinator.users import create_user
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
@@ -78,3 +79,25 @@ async def test_past_the_grace_period_servers_are_marked_lost(hub: Hub) -> None:
     await health.check(hub, now=datetime.now(UTC) + timedelta(seconds=800))
     history = [i.event.type async for i in hub.store.read(subjects.server("alice", ""))]
     assert history.count("ServerFailed") == 1
+
+
+async def test_concurrent_site_listings_share_one_heartbeat_read(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    beat(hub, 1)
+    store = hub.store
+    assert isinstance(store, MemoryStore)
+    reads = 0
+    original = store.latest_health
+
+    async def counted(subjects_: str) -> dict[str, tuple[bytes, datetime]]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.05)  # a read over the network takes a while
+        return await original(subjects_)
+
+    monkeypatch.setattr(store, "latest_health", counted)
+    listings = await asyncio.gather(*(list_sites(hub) for _ in range(20)))
+    assert reads == 1
+    assert all([s.status for s in views] == ["online"] for views in listings)
+    await list_sites(hub)  # a later listing reads afresh: the site may have gone quiet
+    assert reads == 2

@@ -69,9 +69,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise BackendError("cannot find a free TCP port")
 
 
-def lost_the_port(log_path: Path, port: int) -> bool:
-    """True if the server's last start on ``port`` ended because the port was taken."""
-    text = log_tail(log_path, lines=200, limit=20000)
+def lost_the_port(text: str, port: int) -> bool:
+    """True if ``text``, the end of a server's log, shows that its last start on ``port``
+    ended because the port was taken."""
     marker = f"on port {port}\n"
     _, found, after = text.rpartition(marker)
     return bool(found) and "already in use" in after.lower()
@@ -99,16 +99,25 @@ class PortTaken(BackendError):
     """The server exited because another socket took its port before it could bind."""
 
 
-def log_tail(path: Path, lines: int = 15, limit: int = 3000) -> str:
-    """The last lines of a log file (empty if unreadable), for error messages."""
+def log_end(path: Path) -> str:
+    """The last 16 KiB of a log file (empty if unreadable)."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 16384))
-            text = fh.read().decode(errors="replace")
+            return fh.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def last_lines(text: str, lines: int = 15, limit: int = 3000) -> str:
+    """The last ``lines`` lines of ``text``, at most ``limit`` characters, for errors."""
     return "\n".join(text.splitlines()[-lines:])[-limit:]
+
+
+def log_tail(path: Path, lines: int = 15, limit: int = 3000) -> str:
+    """The last lines of a log file (empty if unreadable), for error messages."""
+    return last_lines(log_end(path), lines, limit)
 
 
 class LocalProcessBackend:
@@ -237,10 +246,10 @@ class LocalProcessBackend:
         async def still_running() -> None:
             exit_reason = reap(pid)
             if exit_reason or not alive(pid, starttime):
-                tail = log_tail(log_path)
+                end = log_end(log_path)
+                tail = last_lines(end)
                 how = f" ({exit_reason})" if exit_reason else ""
-                error = (PortTaken if lost_the_port(log_path, int(state["port"]))
-                         else BackendError)
+                error = PortTaken if lost_the_port(end, int(state["port"])) else BackendError
                 raise error(f"Jupyter exited during start{how}"
                             + (f"; last log lines:\n{tail}" if tail else ""))
 
