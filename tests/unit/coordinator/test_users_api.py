@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -121,21 +122,30 @@ async def test_a_page_costs_the_same_queries_at_any_size(
     assert len(statements) == small
 
 
-async def test_an_unreachable_log_is_a_503_in_any_handler(
-    hub: Hub, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@asynccontextmanager
+async def api_as_root(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    """The API alone, with the app's error handlers, called with an admin's token; app
+    exceptions come back as responses, as a server would send them."""
     app = FastAPI()
     app.include_router(api.router)
     install_error_handlers(app)
     app.state.hub = hub
     secret, _ = await issue_token(hub, "root", "test", None, "test")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub",
+                                 headers={"Authorization": f"token {secret}"}) as client:
+        yield client
+
+
+async def test_an_unreachable_log_is_a_503_in_any_handler(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     async def down() -> int:  # what JetStreamStore.last_seq raises when NATS is gone
         raise StoreUnavailable("cannot read stream info: no servers available")
 
     monkeypatch.setattr(hub.store, "last_seq", down)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
-                                 headers={"Authorization": f"token {secret}"}) as c:
+    async with api_as_root(hub) as c:
         r = await c.delete("/hub/api/users/ann/server")
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": "the event log is unavailable: cannot read "
@@ -145,20 +155,13 @@ async def test_an_unreachable_log_is_a_503_in_any_handler(
 async def test_a_bug_in_any_handler_is_a_500_that_says_what_failed(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = FastAPI()
-    app.include_router(api.router)
-    install_error_handlers(app)
-    app.state.hub = hub
-    secret, _ = await issue_token(hub, "root", "test", None, "test")
 
     async def broken(*_args: object, **_kw: object) -> int:
         raise KeyError("oops")
 
     monkeypatch.setattr(hub.store, "last_seq", broken)  # stop reads it first
     monkeypatch.setattr(api.spawning, "spawn", broken)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hub",
-                                 headers={"Authorization": f"token {secret}"}) as c:
+    async with api_as_root(hub) as c:
         stop = await c.delete("/hub/api/users/ann/server")
         spawn = await c.post("/hub/api/users/ann/server", json={})
     assert stop.status_code == spawn.status_code == 500
