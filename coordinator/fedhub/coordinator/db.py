@@ -164,9 +164,12 @@ def lock_position(db: Session, name: str) -> int:
     """The position of ``name``, its row locked until ``db``'s transaction ends: another
     coordinator sharing this PostgreSQL database waits here, then reads what this one
     committed. (SQLite has one writer at a time anyway and ignores the lock.)"""
-    db.execute(_upsert(db).values(name=name, seq=0).on_conflict_do_nothing())
-    return int(db.scalar(select(Position.seq).where(Position.name == name)
-                         .with_for_update()) or 0)
+    locked = select(Position.seq).where(Position.name == name).with_for_update()
+    seq = db.scalar(locked)
+    if seq is None:  # the first batch ever: make the row (another may make it at once)
+        db.execute(_upsert(db).values(name=name, seq=0).on_conflict_do_nothing())
+        seq = db.scalar(locked)
+    return int(seq or 0)
 
 
 def drop_projections(engine: Engine) -> None:

@@ -30,9 +30,14 @@ RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while the database is
 SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
 
-def apply(db: Session, item: StoredEvent) -> None:
+ServerRows = dict[tuple[str, str], Server]
+
+
+def apply(db: Session, item: StoredEvent, servers: ServerRows | None = None) -> None:
     """Apply one event to the tables in ``db`` (no commit). Unknown or malformed events
-    are logged and ignored; the fold never raises for bad data."""
+    are logged and ignored; the fold never raises for bad data. ``servers``: the rows of
+    every server the batch is about that exist (``_load_servers``), kept up to date here;
+    without it each server event looks its row up."""
     if subjects.is_site_fact(item.event.subject):
         return  # raw site reports count only once a coordinator has checked and recorded them
     try:
@@ -50,6 +55,9 @@ def apply(db: Session, item: StoredEvent) -> None:
         if (u := db.get(User, p.name)) is not None:
             db.delete(u)
         db.query(Server).filter(Server.user == p.name).delete()
+        if servers:
+            for key in [k for k in servers if k[0] == p.name]:
+                del servers[key]
         db.query(Token).filter(Token.user == p.name).update({"revoked": True})
     elif isinstance(p, ev.UserLoggedIn):
         if (u := db.get(User, p.name)) is not None:
@@ -79,14 +87,18 @@ def apply(db: Session, item: StoredEvent) -> None:
         if (s := db.get(Site, p.site)) is not None:
             s.agent_id, s.agent_started, s.options = p.agent_id, when, list(p.options)
     elif isinstance(p, ev.ServerEvent):
-        _apply_server(db, item.seq, when, p)
+        _apply_server(db, item.seq, when, p, servers)
 
 
-def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent) -> None:
-    row = db.get(Server, (p.user, p.server))
+def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent,
+                  servers: ServerRows | None) -> None:
+    key = (p.user, p.server)
+    row = db.get(Server, key) if servers is None else servers.get(key)
     if row is None:
         row = Server(user=p.user, name=p.server, status=p.STATUS.value, updated=when)
         db.add(row)
+        if servers is not None:
+            servers[key] = row
     row.status, row.updated, row.last_seq = p.STATUS.value, when, seq
     row.progress, row.message = p.progress, p.message
     site = getattr(p, "site", "")
@@ -106,17 +118,19 @@ def _apply_server(db: Session, seq: int, when: datetime, p: ev.ServerEvent) -> N
             u.last_activity = when
 
 
-def _load_servers(db: Session, batch: list[StoredEvent]) -> list[Server]:
-    """Load the rows of the servers a batch is about with one query: each event's lookup
-    is then found in the session instead of costing a flush and a SELECT of its own.
-    Keep the result while applying: the session holds its rows only weakly."""
+def _load_servers(db: Session, batch: list[StoredEvent]) -> ServerRows:
+    """The existing rows of the servers a batch is about, loaded with one query: each
+    event then finds its row here instead of costing a flush and a SELECT of its own (a
+    server missing here is new). The dict also keeps the rows alive while the batch is
+    applied: the session holds them only weakly."""
     keys = {(str(item.event.data.get("user")), str(item.event.data.get("server")))
             for item in batch if item.event.subject.startswith(SERVER_SUBJECTS)}
-    rows: list[Server] = []
+    rows: ServerRows = {}
     ordered = list(keys)
     for chunk in range(0, len(ordered), 400):  # SQLite limits the parameters per query
         part = ordered[chunk:chunk + 400]
-        rows += db.scalars(select(Server).where(tuple_(Server.user, Server.name).in_(part)))
+        for row in db.scalars(select(Server).where(tuple_(Server.user, Server.name).in_(part))):
+            rows[(row.user, row.name)] = row
     return rows
 
 
@@ -212,13 +226,12 @@ class ProjectionRunner:
         with self._sessions.begin() as db:
             done = lock_position(db, self._name)
             fresh = [item for item in batch if item.seq > done]
-            loaded = _load_servers(db, fresh)
+            servers = _load_servers(db, fresh)
             for item in fresh:
-                apply(db, item)
+                apply(db, item, servers)
             if end > done:
                 db.execute(update(Position).where(Position.name == self._name)
                            .values(seq=end))
-            del loaded  # held until here: the session keeps the rows only weakly
 
     @contextmanager
     def watch(self, subject: str) -> Iterator[asyncio.Queue[StoredEvent]]:

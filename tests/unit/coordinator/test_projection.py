@@ -192,9 +192,10 @@ class Counting:
     def __init__(self) -> None:
         self.seqs: list[int] = []
 
-    def __call__(self, db: Session, item: StoredEvent) -> None:
+    def __call__(self, db: Session, item: StoredEvent,
+                 servers: projection.ServerRows | None = None) -> None:
         self.seqs.append(item.seq)
-        apply(db, item)
+        apply(db, item, servers)
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -289,6 +290,27 @@ async def test_a_burst_applied_in_one_batch_gives_the_rows_of_one_by_one(
     finally:
         await stop(task)
     assert dump(sessions) == replayed(events)
+
+
+def test_a_user_deleted_and_back_within_one_batch_gets_a_fresh_server_row(
+        sessions: sessionmaker[Session]) -> None:
+    srv = subjects.server("dora", "")
+    common: dict[str, Any] = {"user": "dora", "site": "hpc"}
+    events = [
+        envelope(ev.UserCreated(name="dora"), subjects.user("dora"), 0),
+        envelope(ev.ServerRequested(**common, spawn_id="a", options={"cores": 2}), srv, 1),
+        envelope(ev.ServerStarted(**common, spawn_id="a", target="http://n:1"), srv, 2),
+        envelope(ev.UserDeleted(name="dora"), subjects.user("dora"), 3),
+        envelope(ev.UserCreated(name="dora"), subjects.user("dora"), 4),
+        envelope(ev.ServerRequested(**common, spawn_id="b"), srv, 5),
+    ]
+    items = stored(events)
+    runner = ProjectionRunner(MemoryStore(), sessions)
+    runner._apply_batch(items[:2])  # dora's server exists before the batch
+    runner._apply_batch(items[2:])  # deleted with her, then requested anew, in one go
+    assert dump(sessions) == replayed(events)
+    row = server(sessions, "dora", "")
+    assert row is not None and (row.spawn_id, row.options, row.target) == ("b", {}, "")
 
 
 async def test_watchers_see_their_subjects_events_once_the_tables_show_them(
