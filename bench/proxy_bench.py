@@ -151,6 +151,15 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
             f"chp {R['rps.chp.c64.1k'][-1]:.0f}/s, nginx {R['rps.nginx.c64.1k'][-1]:.0f}/s, "
             f"direct {R['rps.direct.c64.1k'][-1]:.0f}/s")
 
+    pairs = cfg.get("route_pairs", 8)
+    log(f"1 route vs {cfg['routes_mid']} routes: {pairs} back-to-back pairs x 2 s")
+    for size in ("1k", "64k"):  # paired runs: this machine's speed drifts between reps
+        for i in range(pairs):
+            for name in (["fedhub", "fedhub10k"] if i % 2 == 0 else ["fedhub10k", "fedhub"]):
+                url, _pid, headers = targets[name]
+                res = wrk(url % f"{size}.bin", 64, 2, headers)
+                R.setdefault(f"pair_rps.{name}.{size}", []).append(res["rps"])
+
     log("WebSocket echo round trips")
     ws_targets = {
         "direct": (f"ws://127.0.0.1:{echo_port}/user/{USER}/ws/api/kernels/x/channels", {}),
