@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from fedhub.coordinator import api, health, pages, reactor
@@ -133,6 +134,15 @@ async def _on_log_down(request: Request, exc: Exception) -> Response:
     return await _on_error(request, Unavailable(f"the event log is unavailable: {exc}"))
 
 
+async def _on_db_down(request: Request, exc: Exception) -> Response:
+    # The database is restarting or unreachable: a 503 the client may retry. (The driver's
+    # message can name hosts and users: it goes to the log, not to the client.)
+    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path,
+                getattr(exc, "orig", None) or exc)
+    return await _on_error(request, Unavailable("the database is unavailable; try again "
+                                                "shortly"))
+
+
 async def _on_bug(request: Request, exc: Exception) -> Response:
     # A bug: still tell the client what failed, never a bare 500. (Starlette re-raises it
     # afterwards, so the server logs the traceback.)
@@ -146,8 +156,10 @@ async def _on_bug(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer CoordinatorError with its status (JSON under /hub/api, a page elsewhere), an
-    unreachable event log with 503, and any other exception (a bug) with a 500 saying what
-    failed, whichever handler raised it."""
+    unreachable event log or database with 503, and any other exception (a bug) with a 500
+    saying what failed, whichever handler raised it."""
     app.add_exception_handler(CoordinatorError, _on_error)
     app.add_exception_handler(StoreUnavailable, _on_log_down)
+    app.add_exception_handler(OperationalError, _on_db_down)
+    app.add_exception_handler(InterfaceError, _on_db_down)
     app.add_exception_handler(Exception, _on_bug)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from fedhub.coordinator import api, health, servers
 from fedhub.coordinator.app import install_error_handlers, open_hub
@@ -168,3 +169,18 @@ async def test_a_bug_in_any_handler_is_a_500_that_says_what_failed(
     assert stop.json() == {"status": 500, "message": "DELETE /hub/api/users/ann/server "
                            "failed: internal error (KeyError: 'oops')"}
     assert spawn.json()["message"].endswith("internal error (KeyError: 'oops')")
+
+
+async def test_an_unreachable_database_is_a_503_that_names_no_host(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_args: object, **_kw: object) -> None:
+        raise OperationalError("SELECT users", {}, Exception(
+            'connection to server at "db.internal" (10.0.0.5), port 5432 failed'))
+
+    monkeypatch.setattr(api.users, "list_users", refused)
+    async with api_as_root(hub) as c:
+        r = await c.get("/hub/api/users")
+    assert r.status_code == 503
+    assert r.json() == {"status": 503, "message": "the database is unavailable; try again "
+                        "shortly"}
