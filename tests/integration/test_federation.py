@@ -21,7 +21,7 @@ from fedhub.schemas import subjects
 from fedhub.schemas.bundle import Bundle
 from fedhub.schemas.events import ServerStarted
 from tests.support.federation import Federation, federation, wait_until
-from tests.support.hub import Browser
+from tests.support.hub import Browser, wait_site_online
 from tests.support.kernel import run_code
 
 pytestmark = pytest.mark.integration
@@ -178,6 +178,9 @@ def test_a_partition_is_unreachable_not_stopped_and_heals_by_itself(fed: Federat
 
 
 def test_a_forged_report_is_rejected_and_reported(fed: Federation) -> None:
+    # The partition before may leave site-a's heartbeats catching up for a few seconds
+    # under load (offline after 4 s here): this test starts from a site that reports.
+    wait_site_online(fed.hub, "site-a", timeout=60)
     dave = user(fed, "dave")
     spawn(dave, "dave", "site-a")
     bundle = Bundle.read(fed.sites["site-a"].bundle)
