@@ -41,6 +41,15 @@ WRONG_LAST_SEQUENCE = 10071
 _READ_BATCH = 256
 
 
+def _stored(seq: int, data: bytes, subject: str | None) -> StoredEvent | None:
+    """The decoded event, or None (logged) for a malformed message: reads skip those."""
+    try:
+        return StoredEvent(seq, decode(data))
+    except MalformedEvent as exc:
+        log.warning("skipping malformed message %d on %s: %s", seq, subject, exc)
+        return None
+
+
 async def _on_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc or type(exc).__name__)
 
@@ -208,12 +217,9 @@ class JetStreamStore:
             except (TimeoutError, NatsError) as exc:
                 raise StoreUnavailable(f"cannot read {subjects} from {seq}: {exc}") from exc
             assert raw.seq is not None
-            try:
-                return StoredEvent(int(raw.seq), decode(raw.data or b""))
-            except MalformedEvent as exc:
-                log.warning("skipping malformed message %d on %s: %s", raw.seq, raw.subject,
-                            exc)
-                seq = int(raw.seq) + 1
+            if (item := _stored(int(raw.seq), raw.data or b"", raw.subject)) is not None:
+                return item
+            seq = int(raw.seq) + 1
 
     async def last_seq(self) -> int:
         try:
@@ -223,12 +229,7 @@ class JetStreamStore:
         return int(info.state.last_seq)
 
     def _decoded(self, msg: Msg) -> StoredEvent | None:
-        seq = int(msg.metadata.sequence.stream)
-        try:
-            return StoredEvent(seq, decode(msg.data))
-        except MalformedEvent as exc:
-            log.warning("skipping malformed message %d on %s: %s", seq, msg.subject, exc)
-            return None
+        return _stored(int(msg.metadata.sequence.stream), msg.data, msg.subject)
 
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
@@ -293,13 +294,8 @@ class JetStreamStore:
                                       config, batch=_READ_BATCH)) as batches:
             async for batch in batches:
                 for seq, data in batch:
-                    try:
-                        item = StoredEvent(seq, decode(data))
-                    except MalformedEvent as exc:
-                        log.warning("skipping malformed message %d on %s: %s", seq,
-                                    subjects, exc)
-                        continue
-                    yield item
+                    if (item := _stored(seq, data, subjects)) is not None:
+                        yield item
 
     def _start_config(self, start: int) -> jsapi.ConsumerConfig:
         if start <= 1:
