@@ -55,7 +55,7 @@ def apply(db: Session, item: StoredEvent, servers: ServerRows | None = None) -> 
         if (u := db.get(User, p.name)) is not None:
             db.delete(u)
         db.query(Server).filter(Server.user == p.name).delete()
-        if servers:
+        if servers is not None:
             for key in [k for k in servers if k[0] == p.name]:
                 del servers[key]
         db.query(Token).filter(Token.user == p.name).update({"revoked": True})

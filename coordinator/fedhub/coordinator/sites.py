@@ -51,13 +51,8 @@ async def heartbeats(hub: Hub) -> Beats:
     read = hub.heartbeat_read
     if read is None:
         read = asyncio.ensure_future(hub.store.latest_health(f"{subjects.HEALTH_ROOT}.site.>"))
-        hub.heartbeat_read = read
-
-        def done(_f: asyncio.Future[Beats]) -> None:
-            if hub.heartbeat_read is read:
-                hub.heartbeat_read = None
-
-        read.add_done_callback(done)
+        hub.heartbeat_read = read  # set only while None, cleared only here: no check needed
+        read.add_done_callback(lambda _f: setattr(hub, "heartbeat_read", None))
     return await asyncio.shield(read)
 
 
