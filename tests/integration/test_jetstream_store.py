@@ -50,19 +50,18 @@ async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> N
             await watcher.flush()
             found = [await store.first(start=seq) for seq in (1, 3, 5, 6)]
             assert [f.seq if f else None for f in found] == [1, 3, 5, None]
-            for _ in range(100):  # the watcher's copies may lag under load
-                if sum(".DIRECT.GET." in r for r in requests) >= 4:
+            # Then a read, which does create a consumer: NATS delivers one publisher's
+            # messages in order, so once its request arrives, all of first's have too.
+            async with aclosing(store.read(start=2)) as reading:
+                await anext(reading)
+            for _ in range(200):
+                if any(r.startswith("$JS.API.CONSUMER.") for r in requests):
                     break
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.2)  # anything else they caused arrives meanwhile
-            by_first = list(requests)
-            assert sum(".DIRECT.GET." in r for r in by_first) == 4, by_first
-            assert not [r for r in by_first if r.startswith("$JS.API.CONSUMER.")]
-            async with aclosing(store.read(start=2)) as reading:  # the watcher sees those
-                await anext(reading)
-            await watcher.flush()
-            await asyncio.sleep(0.2)
-            assert [r for r in requests if r.startswith("$JS.API.CONSUMER.")]
+            first_consumer = next(i for i, r in enumerate(requests)
+                                  if r.startswith("$JS.API.CONSUMER."))
+            by_first = requests[:first_consumer]
+            assert len(by_first) == 4 and all(".DIRECT.GET." in r for r in by_first), by_first
         finally:
             await watcher.close()
             await store.close()
