@@ -189,6 +189,21 @@ async def test_fresh_backend_readopts_from_state(server: Running) -> None:
     assert (await fresh.status({"x": bogus}))["x"].status is JobStatus.GONE
 
 
+async def test_stop_never_signals_a_group_whose_leader_reused_the_pid(tmp_path: Path) -> None:
+    # A stranger leading its own group under the recorded pid, with another start time:
+    # the server it stands for ended long ago, and the stranger must be left alone.
+    stranger = await asyncio.create_subprocess_exec("sleep", "30", start_new_session=True)
+    try:
+        st = proc_state(stranger.pid)
+        assert st is not None
+        await _backend(tmp_path).stop({"pid": stranger.pid, "starttime": st.starttime + 1})
+        assert stranger.returncode is None and proc_state(stranger.pid) is not None
+        assert not proc_state(stranger.pid).zombie  # type: ignore[union-attr]
+    finally:
+        stranger.kill()
+        await stranger.wait()
+
+
 async def test_stop_leaves_no_process(server: Running) -> None:
     """Runs last in this module: it stops the shared server."""
     pid = server.state["pid"]

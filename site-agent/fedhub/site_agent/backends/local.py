@@ -263,6 +263,12 @@ class LocalProcessBackend:
             log.warning("cannot stop a job without a valid pid: %r", dict(state))
             return
 
+        # Another process now holds the pid: the kernel does not hand out a pid still in use
+        # as a process group id, so the server's group is gone too, and a group led by that
+        # pid is a stranger's, never to be signalled.
+        st = proc_state(pid)
+        if st is not None and st.starttime != starttime:
+            return
         # The server's kernels share its process group and may outlive it (for a moment, or
         # orphaned by a crash): the server is stopped only when the whole group is gone.
         group = ProcessGroup(pid)
