@@ -12,6 +12,7 @@ import socket
 import time
 from contextlib import ExitStack
 
+from common import cpu_seconds
 from hubs import TRIVIAL
 
 # The same readiness schedule as fedhub's site agent (FIRST_POLL growing to MAX_POLL), so
@@ -45,8 +46,9 @@ async def _answers(port: int) -> None:
         pause = min(pause * GROWTH, MAX_POLL)
 
 
-async def bare_burst(n: int) -> float:
-    """Seconds from starting ``n`` trivial servers at once until every one answers 200."""
+async def bare_burst(n: int) -> tuple[float, float]:
+    """Seconds from starting ``n`` trivial servers at once until every one answers 200, and
+    the mean CPU seconds each server used by then (its start-up, since nobody else calls)."""
     ports = distinct_ports(n)
     t0 = time.perf_counter()
     procs = [await asyncio.create_subprocess_exec(*TRIVIAL, f"--ServerApp.port={p}",
@@ -54,7 +56,8 @@ async def bare_burst(n: int) -> float:
              for p in ports]
     try:
         await asyncio.wait_for(asyncio.gather(*(_answers(p) for p in ports)), 600)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return wall, sum(cpu_seconds(p.pid) for p in procs) / n
     finally:
         for p in procs:
             if p.returncode is None:

@@ -162,8 +162,9 @@ def run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> None:
                     procs.stop(p, timeout=60)  # type: ignore[arg-type]
                 procs.stop_all()  # its nats-server too
         for b in bursts:  # the floor: the same servers with no hub at all
-            wall = asyncio.run(bare_burst(b))
+            wall, cpu = asyncio.run(bare_burst(b))
             R.setdefault(f"burst{b}_wall_s.bare", []).append(wall)
+            R.setdefault(f"burst{b}_server_cpu_s.bare", []).append(cpu)
             log(f"  no hub: {b} bare servers all up in {wall:.1f}s")
     log(f"users API with {cfg['users']} users")
     hubs = [start_fedhub(procs, root / "fedhub-users"),

@@ -16,7 +16,7 @@ from common import BENCH, Procs, free_port, wait_http
 from services import CHP_BIN, start_nats
 
 JH_VENV = BENCH / ".venv-jupyterhub"
-TRIVIAL = [sys.executable, str(BENCH / "trivial_server.py")]
+TRIVIAL = [sys.executable, "-I", "-S", str(BENCH / "trivial_server.py")]
 JH_TOKEN = "bench-jupyterhub-service-token-0123456789"
 
 

@@ -19,9 +19,8 @@ WHY = {
                "connection pulling in batches), decodes them with orjson and checks their "
                "signatures on first use or in the background; what is left is receiving and "
                "decoding every route event once (about 25-40 µs each here) plus imports",
-    "spawn": "the servers' own start-up dominates a burst: each trivial server is a Python "
-             "process (about 50-60 ms of CPU), so 100 of them need several CPU seconds on 2 "
-             "cores, during which the hub's processes and NATS get little CPU",
+    "spawn": "the servers' own start-up takes a share of every burst: while they start, the "
+             "hub's processes and NATS share the two cores with them",
     "ws": "frames cross the proxy as raw bytes (no WebSocket parsing, one read and one write "
           "per direction)",
     "users": "each page is a few SQL queries and one JSON serialization in the coordinator",
@@ -39,23 +38,23 @@ WHY = {
 
 
 def burst_why(n: int, fedhub: float | None, jupyterhub: float | None,
-              floor: float | None) -> str:
+              floor: float | None, server_cpu: float | None) -> str:
     """Why a burst missed 0.5x JupyterHub, against the floor measured in the same run."""
     if floor is None or jupyterhub is None or fedhub is None:
         return WHY["spawn"]
     target = 0.5 * jupyterhub
+    each = (f" (each a Python process using {server_cpu * 1000:.0f} ms of CPU to start, on "
+            "2 cores)" if server_cpu is not None else "")
     if floor >= target:
         return (f"the target ({target:.1f} s) is below the floor: the same {n} trivial "
-                f"servers started at once with no hub at all took {floor:.1f} s (each is a "
-                "Python process, about 50-60 ms of CPU, on 2 cores), and no hub finishes "
-                "before its servers answer; what the hubs differ in is their own share, wall "
-                "minus floor (the row below)")
+                f"servers started at once with no hub at all took {floor:.1f} s{each}, and no "
+                "hub finishes before its servers answer; what the hubs differ in is their own "
+                "share, wall minus floor (the row below)")
     return (f"the same {n} trivial servers started at once with no hub at all took "
-            f"{floor:.1f} s (each is a Python process, about 50-60 ms of CPU, on 2 cores), "
-            f"which leaves {target - floor:.1f} s of the {target:.1f} s target for the hub's "
-            f"own work; fedhub's own share was {fedhub - floor:.1f} s, JupyterHub's "
-            f"{jupyterhub - floor:.1f} s (the row below). While the servers start, the hub's "
-            "processes and NATS share the two cores with them")
+            f"{floor:.1f} s{each}, which leaves {target - floor:.1f} s of the {target:.1f} s "
+            f"target for the hub's own work; fedhub's own share was {fedhub - floor:.1f} s, "
+            f"JupyterHub's {jupyterhub - floor:.1f} s (the row below). While the servers "
+            "start, the hub's processes and NATS share the two cores with them")
 
 
 METHOD_NOTES = """\
@@ -92,7 +91,8 @@ METHOD_NOTES = """\
 - Appends: `JetStreamStore.append` of freshly signed events with an event id
   (de-duplication) and the expected last subject sequence (concurrency check), 1 and 32
   in flight from one process.
-- Spawns: both hubs spawn `python bench/trivial_server.py` (answers 200 at once); JupyterHub
+- Spawns: both hubs spawn `python -I -S bench/trivial_server.py` (answers 200 at once;
+  it imports only `_socket` and `select`, so its start-up is the interpreter's); JupyterHub
   uses SimpleLocalProcessSpawner with `concurrent_spawn_limit = 0`, both hubs have a slow
   spawn timeout of 600 s so the POST returns when the server is ready. A single spawn is
   timed from the POST to the first 200 through the hub's own proxy with the user's token.
@@ -323,7 +323,8 @@ def build(data: dict[str, Any]) -> Table:
               f"JupyterHub {fmt(j, ' s')} ({int(okj or 0)}/{n} ok)", ratio(f, j),
               "all succeed, <= 0.5x JupyterHub",
               all_ok and f is not None and j is not None and f <= 0.5 * j,
-              burst_why(n, f, j, m(f"burst{n}_wall_s.bare")) if all_ok
+              burst_why(n, f, j, m(f"burst{n}_wall_s.bare"),
+                        m(f"burst{n}_server_cpu_s.bare")) if all_ok
               else "not every spawn succeeded: "
               + "; ".join(str(e).replace("\\n", "\n").splitlines()[0][:150]
                           for e in R.get(f"burst{n}_error.fedhub", []))
@@ -331,7 +332,10 @@ def build(data: dict[str, Any]) -> Table:
               "500 concurrent starts another socket can take it first)")
         floor = m(f"burst{n}_wall_s.bare")
         if floor is not None:
-            t.row(f"... the floor: {n} bare servers started at once, no hub", fmt(floor, " s"),
+            cpu = m(f"burst{n}_server_cpu_s.bare")
+            each = f" ({fmt(cpu * 1000, ' ms')} CPU each)" if cpu is not None else ""
+            t.row(f"... the floor: {n} bare servers started at once, no hub",
+                  fmt(floor, " s") + each,
                   f"0.5x JupyterHub: {fmt(0.5 * j, ' s') if j is not None else 'n/a'}",
                   ratio(floor, j), "report", None)
             if f is not None and j is not None:
