@@ -25,7 +25,8 @@ from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 
 log = logging.getLogger(__name__)
-COMMIT_EVERY = 0.01  # seconds between commits while events keep coming
+COMMIT_EVERY = 0.01  # seconds between commits while events keep coming, doubling up to
+COMMIT_MAX = 0.05  # this while each batch's first event comes before the interval is over
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while the database is unreachable
 SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
@@ -156,8 +157,9 @@ class ProjectionRunner:
         """Apply events forever, batching whatever has arrived since the last commit.
 
         An idle projection applies an event at once; a busy one commits at most every
-        ``COMMIT_EVERY`` seconds, so a burst costs a few transactions instead of one per
-        event (most of a small transaction's cost is fixed)."""
+        ``COMMIT_EVERY`` seconds, and less often (up to ``COMMIT_MAX``) while it stays busy,
+        so a burst costs a few transactions instead of one per event (most of a small
+        transaction's cost is fixed, and a burst of spawns is CPU-bound)."""
         self.applied = self.position()
         queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
 
@@ -166,13 +168,14 @@ class ProjectionRunner:
                 queue.put_nowait(item)
 
         pumping = asyncio.create_task(pump())
-        committed = 0.0
+        committed, interval = 0.0, COMMIT_EVERY
         try:
             while True:
                 batch = [await queue.get()]
-                wait = committed + COMMIT_EVERY - time.monotonic()
+                wait = committed + interval - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                interval = min(interval * 2, COMMIT_MAX) if wait > 0 else COMMIT_EVERY
                 while not queue.empty() and len(batch) < 1000:
                     batch.append(queue.get_nowait())
                 await self._apply_while_reachable(batch)
