@@ -328,7 +328,13 @@ class JetStreamStore:
         return [item async for item in self._pulled(subjects, cfg)]
 
     async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
-        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded."""
+        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded.
+
+        Raises NotImplementedError on a site's connection (its credential may not create
+        the pull consumer a bulk read uses): use ``latest_per_subject`` there."""
+        if not self._bounded_reads:
+            raise NotImplementedError("latest_raw needs a pull consumer, which a site's "
+                                      "credential may not create; use latest_per_subject")
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
         direct = self._nc.connected_url if self._direct_reads else None
         # aclosing: a reader that stops early must close the bulk read (and its own
