@@ -54,10 +54,6 @@ async def _on_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc or type(exc).__name__)
 
 
-async def _on_disconnect() -> None:
-    log.warning("NATS: disconnected; reconnecting")
-
-
 async def _on_reconnect() -> None:
     log.info("NATS: reconnected")
 
@@ -110,6 +106,11 @@ class JetStreamStore:
         Raises StoreUnavailable if the first connection fails.
         """
         nc = Client()
+
+        async def on_disconnect() -> None:  # nats-py calls it on close() too: say so only
+            if not nc.is_closed:  # when the connection was lost
+                log.warning("NATS: disconnected; reconnecting")
+
         try:
             # Once connected, reconnect forever; the first connection gets a deadline so a
             # wrong URL is reported instead of retried silently.
@@ -122,7 +123,7 @@ class JetStreamStore:
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=_on_error,
-                disconnected_cb=_on_disconnect,
+                disconnected_cb=on_disconnect,
                 reconnected_cb=_on_reconnect,
                 # A site's credential may only receive on its own inbox prefix.
                 inbox_prefix=inbox_prefix or "_INBOX",
