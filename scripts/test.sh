@@ -16,6 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   { [ -x /usr/sbin/sshd ] && command -v ip >/dev/null; } || missing+=(openssh-server iproute2)  # SSH site tests
   command -v nft >/dev/null || missing+=(nftables)  # firewalled site namespaces (federation tests)
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)  # tests/integration/test_postgres.py
+  command -v systemd-analyze >/dev/null || missing+=(systemd)  # checks deploy/systemd's units
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi

@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
 import pytest
 from fastapi import FastAPI
 
-from fedhub.coordinator import api, servers
+from fedhub.coordinator import api, servers, waiting
 from fedhub.coordinator.app import install_error_handlers, open_hub
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
@@ -23,6 +24,7 @@ from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.signing import SigningKey
+from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import ServerStatus, ServerStopped, SiteHeartbeat
 
@@ -47,6 +49,8 @@ async def coordinator(nats_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
         await create_user(made, "stopper", admin=False, actor="test")
     yield made
     task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
     await made.store.close()  # type: ignore[attr-defined]
 
 
@@ -82,16 +86,30 @@ async def all_stopping(hub: Hub, names: list[str]) -> None:
 
 
 async def test_a_burst_of_stops_opens_no_consumers_and_all_answer_204(
-        coordinator: Hub, client: httpx.AsyncClient, nats_url: str) -> None:
+        coordinator: Hub, client: httpx.AsyncClient, nats_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     names = [f"s{i}" for i in range(BURST)]
     for name in names:
         await servers.start(coordinator, "stopper", name, SITE, {}, "test")
     await coordinator.projection.wait_for(await coordinator.store.last_seq())
+    parked = 0  # handlers inside their wait for the server to stop
+    real_settled = waiting.settled
+
+    async def counted(*args: Any, **kwargs: Any) -> StoredEvent | None:
+        nonlocal parked
+        parked += 1
+        return await real_settled(*args, **kwargs)
+
+    monkeypatch.setattr(waiting, "settled", counted)
     before = await consumers(nats_url)
     stops = [asyncio.create_task(client.delete(f"/hub/api/users/stopper/servers/{n}"))
              for n in names]
     await all_stopping(coordinator, names)
-    await asyncio.sleep(0.5)  # every handler is waiting for its server to stop by now
+    for _ in range(200):
+        if parked == BURST:
+            break
+        await asyncio.sleep(0.05)
+    assert parked == BURST, f"only {parked} of {BURST} stops reached their wait"
     assert await consumers(nats_url) == before
     for name in names:  # what the site's reports become once ingested
         last = await coordinator.store.last(subjects.server("stopper", name))

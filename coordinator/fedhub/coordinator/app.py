@@ -144,11 +144,13 @@ async def _on_db_down(request: Request, exc: Exception) -> Response:
 
 
 async def _on_bug(request: Request, exc: Exception) -> Response:
-    # A bug: still tell the client what failed, never a bare 500. (Starlette re-raises it
-    # afterwards, so the server logs the traceback.)
+    # A bug: still tell the client what failed, never a bare 500, but not the exception's
+    # text (a driver's message may quote SQL, paths or values). Starlette re-raises it
+    # afterwards, so the server logs the traceback.
     if request.url.path.startswith("/hub/api"):
         return JSONResponse({"status": 500, "message": f"{request.method} {request.url.path} "
-                             f"failed: internal error ({type(exc).__name__}: {exc})"}, 500)
+                             f"failed: internal error ({type(exc).__name__}); the hub's log "
+                             "has the details"}, 500)
     return pages.render(request, "error.html", None, status=500, title="",
                         message=f"Internal error ({type(exc).__name__}); the hub's log has "
                         "the details.")

@@ -54,10 +54,6 @@ async def _on_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc or type(exc).__name__)
 
 
-async def _on_disconnect() -> None:
-    log.warning("NATS: disconnected; reconnecting")
-
-
 async def _on_reconnect() -> None:
     log.info("NATS: reconnected")
 
@@ -110,6 +106,11 @@ class JetStreamStore:
         Raises StoreUnavailable if the first connection fails.
         """
         nc = Client()
+
+        async def on_disconnect() -> None:  # nats-py calls it on close() too: say so only
+            if not nc.is_closed:  # when the connection was lost
+                log.warning("NATS: disconnected; reconnecting")
+
         try:
             # Once connected, reconnect forever; the first connection gets a deadline so a
             # wrong URL is reported instead of retried silently.
@@ -122,7 +123,7 @@ class JetStreamStore:
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=_on_error,
-                disconnected_cb=_on_disconnect,
+                disconnected_cb=on_disconnect,
                 reconnected_cb=_on_reconnect,
                 # A site's credential may only receive on its own inbox prefix.
                 inbox_prefix=inbox_prefix or "_INBOX",
@@ -328,7 +329,13 @@ class JetStreamStore:
         return [item async for item in self._pulled(subjects, cfg)]
 
     async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
-        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded."""
+        """See fedhub.events.raw.RawReader: the latest message per subject, undecoded.
+
+        Raises NotImplementedError on a site's connection (its credential may not create
+        the pull consumer a bulk read uses): use ``latest_per_subject`` there."""
+        if not self._bounded_reads:
+            raise NotImplementedError("latest_raw needs a pull consumer, which a site's "
+                                      "credential may not create; use latest_per_subject")
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
         direct = self._nc.connected_url if self._direct_reads else None
         # aclosing: a reader that stops early must close the bulk read (and its own

@@ -110,6 +110,17 @@ def world_of(proxy: EdgeProxy) -> World:
     return cast(World, proxy.world)  # type: ignore[attr-defined]
 
 
+async def add_route(proxy: EdgeProxy, user: str, target: str, site: str = "site1") -> None:
+    """Announce a route and wait until the proxy serves it."""
+    await proxy.store.append(world_of(proxy).route(user, target, site=site))
+    for _ in range(500):
+        route = proxy.state.routes.match(f"/user/{user}/")
+        if route is not None and route.target == target.rstrip("/"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the proxy never routed /user/{user}/ to {target}")
+
+
 def auth(proxy: EdgeProxy) -> bytes:
     return b"Authorization: token " + world_of(proxy).api_token("alice").encode()
 
@@ -407,8 +418,7 @@ async def test_websocket_is_piped(proxy: EdgeProxy, tmp_path: Path) -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     world = world_of(proxy)
-    await proxy.store.append(world.route("bob", f"http://127.0.0.1:{port}"))
-    await asyncio.sleep(0.05)
+    await add_route(proxy, "bob", f"http://127.0.0.1:{port}")
     token = world.api_token("bob", jti="tok-bob")
     try:
         async with aiohttp.ClientSession() as session, session.ws_connect(
@@ -469,8 +479,7 @@ async def test_a_bridge_that_cannot_open_a_channel_says_why_and_the_fast_path_re
         return cast(asyncssh.SSHServerConnection, _Refusing()), 1
 
     world = world_of(proxy)
-    await proxy.store.append(world.route("bob", "tunnel://site1/bob._", site="site1"))
-    await asyncio.sleep(0.05)
+    await add_route(proxy, "bob", "tunnel://site1/bob._", site="site1")
     bridge = Bridge(tmp_path / "bob.sock", "bob._ at site site1", "site1", "bob._", locate,
                     1.0)
     await bridge.start()
@@ -498,9 +507,7 @@ async def test_a_target_the_fast_path_cannot_send_to_is_handed_to_aiohttp(
     proxy: EdgeProxy, upstream: Scripted
 ) -> None:
     # The fast path sends the request's own target; a route's path is aiohttp's to add.
-    await proxy.store.append(world_of(proxy).route("alice", f"http://127.0.0.1:{upstream.port}"
-                                                            "/prefix"))
-    await asyncio.sleep(0.05)
+    await add_route(proxy, "alice", f"http://127.0.0.1:{upstream.port}/prefix")
     route = proxy.state.routes.match("/user/alice/")
     assert route is not None and route.address is None
     reader, writer = await connect(proxy)
