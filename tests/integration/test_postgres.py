@@ -5,6 +5,7 @@ values SQLite would take but PostgreSQL refuses."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -90,9 +91,15 @@ async def test_an_event_postgresql_refuses_is_skipped_and_the_rest_applied(
 
 
 async def test_the_projection_waits_out_a_database_restart(
-        postgres: Postgres, pg_sessions: sessionmaker[Session]) -> None:
+        postgres: Postgres, pg_sessions: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fedhub.coordinator.projection")
     store = MemoryStore()
     runner = ProjectionRunner(store, pg_sessions)
+
+    def failed_tries() -> int:
+        return sum("cannot reach the database" in r.getMessage() for r in caplog.records)
+
     async with following(runner) as task:
         await runner.wait_for(await store.append(
             envelope(ev.UserCreated(name="first"), subjects.user("first"))), timeout=10)
@@ -100,8 +107,13 @@ async def test_the_projection_waits_out_a_database_restart(
         try:
             last = await store.append(envelope(ev.UserCreated(name="during"),
                                                subjects.user("during")))
-            await asyncio.sleep(1.5)  # several tries fail meanwhile
+            for _ in range(300):  # until the batch has failed and been retried at least once
+                if failed_tries() >= 2 or task.done():
+                    break
+                await asyncio.sleep(0.1)
+            assert failed_tries() >= 2, "the event was never tried while the database was down"
             assert not task.done(), "the projection gave up while the database was down"
+            assert runner.applied < last
         finally:
             postgres.start()
         await runner.wait_for(last, timeout=30)
