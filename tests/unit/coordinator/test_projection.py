@@ -21,7 +21,13 @@ from fedhub.coordinator.db import (
     drop_projections,
     make_engine,
 )
-from fedhub.coordinator.projection import ProjectionRunner, apply
+from fedhub.coordinator.projection import (
+    COMMIT_EVERY,
+    COMMIT_MAX,
+    ProjectionRunner,
+    apply,
+    next_interval,
+)
 from fedhub.events.envelope import Envelope
 from fedhub.events.memory import MemoryStore
 from fedhub.events.store import StoredEvent
@@ -334,3 +340,16 @@ async def test_watchers_see_their_subjects_events_once_the_tables_show_them(
         assert seen.empty()  # nothing about other subjects
     finally:
         await stop(task)
+
+
+def test_commits_space_out_only_while_batches_hold_several_events() -> None:
+    interval = COMMIT_EVERY
+    for _ in range(5):  # one event at a time, each waited for: never slowed down
+        interval = next_interval(interval, 1)
+        assert interval == COMMIT_EVERY
+    burst = []
+    for _ in range(5):  # a burst: several events in every batch
+        interval = next_interval(interval, 7)
+        burst.append(interval)
+    assert burst == [2 * COMMIT_EVERY, 4 * COMMIT_EVERY, COMMIT_MAX, COMMIT_MAX, COMMIT_MAX]
+    assert next_interval(interval, 1) == COMMIT_EVERY  # a lone event after the burst
