@@ -40,50 +40,70 @@ def address() -> tuple[str, int]:
     return host, port
 
 
-def answer(buf: bytearray) -> bytes | None:
-    """Responses for every complete request in ``buf`` (consumed); None to close."""
+def answer(buf: bytearray) -> tuple[bytes, bool]:
+    """Responses for every complete request in ``buf`` (consumed), and whether to keep
+    the connection open after sending them. A request it cannot frame (a malformed
+    length, a chunked body, an oversized head) is answered and the connection closed;
+    HTTP/1.0 and ``Connection: close`` are honoured."""
     out = b""
     while True:
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            return None if len(buf) > MAX_HEAD else out
+            return out, len(buf) <= MAX_HEAD
         head = bytes(buf[:end]).lower()
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line.startswith(b"content-length:"):
-                length = int(line[15:])
+        lines = head.split(b"\r\n")
+        length, keep = 0, not lines[0].endswith(b"http/1.0")
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            value = value.strip()
+            if name == b"content-length":
+                if not value.isdigit():
+                    return out + RESPONSE + BODY, False
+                length = int(value)
+            elif name == b"transfer-encoding":
+                keep = False  # a chunked body is not read: answer, then close
+            elif name == b"connection":
+                keep = value == b"keep-alive" if not keep else value != b"close"
         if len(buf) < end + 4 + length:
-            return out
+            return out, True
         del buf[:end + 4 + length]
         out += RESPONSE if head.startswith(b"head ") else RESPONSE + BODY
+        if not keep:
+            return out, False
 
 
 def serve(listener: _socket.socket) -> None:
     """Answer every connection on ``listener`` until killed."""
     poll = select.epoll()
+    listener.setblocking(False)
     poll.register(listener.fileno(), select.EPOLLIN)
     conns: dict[int, tuple[_socket.socket, bytearray]] = {}
     while True:
         for fd, _ in poll.poll():
             if fd == listener.fileno():
-                new, _ = listener._accept()  # noqa: SLF001 (socket.py's accept, unimported)
+                try:
+                    new, _ = listener._accept()  # noqa: SLF001 (socket.py's accept)
+                except OSError:  # gone before accepted, or out of descriptors for now
+                    continue
                 conn = _socket.socket(fileno=new)
                 conn.setblocking(False)
                 conns[new] = (conn, bytearray())
                 poll.register(new, select.EPOLLIN)
                 continue
             conn, buf = conns[fd]
+            keep = False
             try:
                 data = conn.recv(65536)
-                buf += data
-                reply = answer(buf) if data else None
-                if reply:
-                    conn.setblocking(True)  # a reply is small: send it whole, then go on
-                    conn.sendall(reply)
-                    conn.setblocking(False)
+                if data:
+                    buf += data
+                    reply, keep = answer(buf)
+                    if reply:  # small: sent whole, but a client that never reads is
+                        conn.settimeout(1.0)  # dropped rather than stalling the others
+                        conn.sendall(reply)
+                        conn.setblocking(False)
             except OSError:
-                reply = None
-            if reply is None:
+                keep = False
+            if not keep:
                 poll.unregister(fd)
                 del conns[fd]
                 conn.close()
