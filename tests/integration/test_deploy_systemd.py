@@ -2,9 +2,11 @@
 valid, and the coordinator's and edge proxy's units start the real components, which
 stop cleanly on the SIGTERM ``systemctl stop`` sends.
 
-systemd itself does not run on test machines, so the units' command lines are run as
-systemd would run them, from the units as installed (their paths pointed at this venv
-and at a copy of the example configurations).
+systemd itself does not run on test machines, so the units' command lines and
+environment are run as systemd would start them, from the units as installed (their
+paths pointed at this venv and at a copy of the example configurations), but without
+the sandbox: the syscall filter and read-only system are checked only by
+``systemd-analyze``.
 """
 
 from __future__ import annotations
