@@ -137,10 +137,11 @@ def _load_servers(db: Session, batch: list[StoredEvent]) -> ServerRows:
 
 def next_interval(interval: float, batched: int) -> float:
     """The least time between this commit and the next: doubled (up to ``COMMIT_MAX``)
-    after a batch of several events, back to ``COMMIT_EVERY`` after a lone one. A burst
-    thus costs fewer transactions, while a client writing one event at a time and
-    waiting for each (``emit(wait=True)``) never waits more than ``COMMIT_EVERY``."""
-    return min(interval * 2, COMMIT_MAX) if batched > 1 else COMMIT_EVERY
+    after a batch of several events, halved (down to ``COMMIT_EVERY``) after a lone one.
+    A burst thus costs fewer transactions (one lone event in it hardly matters), while a
+    client writing one event at a time and waiting for each (``emit(wait=True)``) soon
+    waits no more than ``COMMIT_EVERY`` again."""
+    return min(interval * 2, COMMIT_MAX) if batched > 1 else max(interval / 2, COMMIT_EVERY)
 
 
 class ProjectionRunner:

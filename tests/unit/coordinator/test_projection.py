@@ -352,4 +352,8 @@ def test_commits_space_out_only_while_batches_hold_several_events() -> None:
         interval = next_interval(interval, 7)
         burst.append(interval)
     assert burst == [2 * COMMIT_EVERY, 4 * COMMIT_EVERY, COMMIT_MAX, COMMIT_MAX, COMMIT_MAX]
-    assert next_interval(interval, 1) == COMMIT_EVERY  # a lone event after the burst
+    after = []
+    for _ in range(4):  # single events again: back to COMMIT_EVERY within a few commits
+        interval = next_interval(interval, 1)
+        after.append(interval)
+    assert after == [COMMIT_MAX / 2, COMMIT_MAX / 4, COMMIT_EVERY, COMMIT_EVERY]
