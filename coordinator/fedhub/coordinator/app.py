@@ -11,13 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from fedhub.coordinator import api, health, pages, reactor
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import make_engine
+from fedhub.coordinator.db import UNREACHABLE, make_engine
 from fedhub.coordinator.errors import CoordinatorError, Unauthorized, Unavailable
 from fedhub.coordinator.projection import ProjectionRunner
 from fedhub.coordinator.settings import CoordinatorSettings
@@ -162,6 +161,6 @@ def install_error_handlers(app: FastAPI) -> None:
     saying what failed, whichever handler raised it."""
     app.add_exception_handler(CoordinatorError, _on_error)
     app.add_exception_handler(StoreUnavailable, _on_log_down)
-    app.add_exception_handler(OperationalError, _on_db_down)
-    app.add_exception_handler(InterfaceError, _on_db_down)
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _on_db_down)
     app.add_exception_handler(Exception, _on_bug)

@@ -21,7 +21,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+# What the driver raises when the database cannot be reached (restarting, network down):
+# the projection retries on these, the API answers 503.
+UNREACHABLE = (OperationalError, InterfaceError)
 
 
 class Base(DeclarativeBase):

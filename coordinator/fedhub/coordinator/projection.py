@@ -15,10 +15,18 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import select, tuple_, update
-from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedhub.coordinator.db import Position, Server, Site, Token, User, lock_position
+from fedhub.coordinator.db import (
+    UNREACHABLE,
+    Position,
+    Server,
+    Site,
+    Token,
+    User,
+    lock_position,
+)
 from fedhub.events.errors import EventLogError
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import events as ev
@@ -207,7 +215,7 @@ class ProjectionRunner:
             try:
                 self._apply_batch(batch)
                 return
-            except (OperationalError, InterfaceError) as exc:
+            except UNREACHABLE as exc:
                 log.warning("projection cannot reach the database (%s); retrying events "
                             "%d-%d in %.1f s", exc.orig or exc, batch[0].seq, batch[-1].seq,
                             pause)
