@@ -56,7 +56,6 @@ async def test_empty_match_yields_nothing(tmp_path: Path) -> None:
             await store.close()
 
 
-
 async def test_a_site_connection_is_told_latest_raw_is_not_for_it(tmp_path: Path) -> None:
     # A site's credential (an inbox prefix of its own) may not create the pull consumer a
     # bulk read uses: say so, instead of a NATS permission error from deep in the read.

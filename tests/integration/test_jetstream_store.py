@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedhub.events.jetstream import JetStreamStore
+from tests.support.polling import until
 from tests.support.services import nats_server
 from tests.unit.events.contract import EventStoreContract
 
@@ -54,10 +54,8 @@ async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> N
             # messages in order, so once its request arrives, all of first's have too.
             async with aclosing(store.read(start=2)) as reading:
                 await anext(reading)
-            for _ in range(200):
-                if any(r.startswith("$JS.API.CONSUMER.") for r in requests):
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: any(r.startswith("$JS.API.CONSUMER.") for r in requests),
+                        what="the read's consumer request")
             first_consumer = next(i for i, r in enumerate(requests)
                                   if r.startswith("$JS.API.CONSUMER."))
             by_first = requests[:first_consumer]

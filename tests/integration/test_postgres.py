@@ -21,6 +21,7 @@ from fedhub.events.memory import MemoryStore
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 from tests.support.hub import ADMIN_PASSWORD, Browser, Hub, start_hub
+from tests.support.polling import until
 from tests.support.projection import dump, envelope, life, stored
 from tests.support.services import Postgres, free_port, fresh_database, postgres_server
 
@@ -107,11 +108,9 @@ async def test_the_projection_waits_out_a_database_restart(
         try:
             last = await store.append(envelope(ev.UserCreated(name="during"),
                                                subjects.user("during")))
-            for _ in range(300):  # until the batch has failed and been retried at least once
-                if failed_tries() >= 2 or task.done():
-                    break
-                await asyncio.sleep(0.1)
-            assert failed_tries() >= 2, "the event was never tried while the database was down"
+            # until the batch has failed and been retried at least once (or given up)
+            await until(lambda: failed_tries() >= 2 or task.done(), timeout=30,
+                        what="the event to be tried while the database is down")
             assert not task.done(), "the projection gave up while the database was down"
             assert runner.applied < last
         finally:

@@ -27,6 +27,7 @@ from fedhub.events.signing import SigningKey
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import ServerStatus, ServerStopped, SiteHeartbeat
+from tests.support.polling import until
 
 pytestmark = pytest.mark.integration
 SITE = "stopsite"
@@ -105,11 +106,7 @@ async def test_a_burst_of_stops_opens_no_consumers_and_all_answer_204(
     stops = [asyncio.create_task(client.delete(f"/hub/api/users/stopper/servers/{n}"))
              for n in names]
     await all_stopping(coordinator, names)
-    for _ in range(200):
-        if parked == BURST:
-            break
-        await asyncio.sleep(0.05)
-    assert parked == BURST, f"only {parked} of {BURST} stops reached their wait"
+    await until(lambda: parked == BURST, what=f"all {BURST} stops to reach their wait")
     assert await consumers(nats_url) == before
     for name in names:  # what the site's reports become once ingested
         last = await coordinator.store.last(subjects.server("stopper", name))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +27,12 @@ from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted, KeyRevoked
 from fedhub.site_agent.tunnel import TunnelManager
 from tests.integration.test_edge_proxy import BIG, Upstream, _serve, _upstream_app, get
+from tests.support.polling import until
 from tests.support.services import free_port
 from tests.unit.edge_proxy.factories import World, enrolled_key_event
 
 SITE = "site1"
 KEY = "alice._"  # names.server_key("alice", "")
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.tunnel_bridge import Bridge
 from fedhub.events.memory import MemoryStore
+from tests.support.polling import until
 from tests.support.services import free_port
 from tests.unit.edge_proxy.factories import World
 
@@ -113,12 +114,12 @@ def world_of(proxy: EdgeProxy) -> World:
 async def add_route(proxy: EdgeProxy, user: str, target: str, site: str = "site1") -> None:
     """Announce a route and wait until the proxy serves it."""
     await proxy.store.append(world_of(proxy).route(user, target, site=site))
-    for _ in range(500):
+
+    def served() -> bool:
         route = proxy.state.routes.match(f"/user/{user}/")
-        if route is not None and route.target == target.rstrip("/"):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the proxy never routed /user/{user}/ to {target}")
+        return route is not None and route.target == target.rstrip("/")
+
+    await until(served, timeout=5, what=f"the proxy to route /user/{user}/ to {target}")
 
 
 def auth(proxy: EdgeProxy) -> bytes:
