@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.schemas.config import load_settings
 from fedhub.site_agent.backends.registry import make_backend
 from fedhub.site_agent.settings import SiteAgentSettings
+from tests.support.hub import Component
 from tests.support.services import free_port, missing
 
 pytestmark = pytest.mark.integration
@@ -130,20 +130,6 @@ def test_the_example_configurations_are_valid(name: str, monkeypatch: pytest.Mon
         assert backend.name == table["backend"]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never answered 200: {log.read_text()[-3000:]}")
-
-
 def test_the_coordinator_and_proxy_units_start_serve_and_stop_cleanly(
         tmp_path: Path, nats_url: str) -> None:
     root = install(tmp_path / "installed")
@@ -161,32 +147,29 @@ def test_the_coordinator_and_proxy_units_start_serve_and_stop_cleanly(
     }
     health = {"fedhub-coordinator.service": f"http://127.0.0.1:{cport}/hub/api/health",
               "fedhub-edge-proxy.service": f"http://127.0.0.1:{pport}/_fedhub/health"}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[Component] = []
     try:
         for unit, extra in overrides.items():
             argv, env = service_section(root / unit)
             assert env["FEDHUB_DATA_DIR"].startswith("/var/lib/fedhub/")  # StateDirectory
             env["FEDHUB_DATA_DIR"] = str(tmp_path / unit / "state")
-            log = tmp_path / f"{unit}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(argv, env={**clean, **env, **extra}, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            procs.append(proc)
-            wait_healthy(health[unit], proc, log)
+            component = Component(unit, "", {**env, **extra}, tmp_path / f"{unit}.log",
+                                  health[unit], argv=argv)
+            started.append(component)
+            component.start()
+            assert httpx.get(health[unit], timeout=10).status_code == 200
         # Through the proxy to the coordinator, as a user's browser would come.
         page = httpx.get(f"http://127.0.0.1:{pport}/hub/login", timeout=10)
         assert page.status_code == 200 and "<form" in page.text
-        for proc in reversed(procs):  # what `systemctl stop` does: SIGTERM, then wait
-            proc.send_signal(signal.SIGTERM)
+        for component in reversed(started):  # what `systemctl stop` does: SIGTERM, wait
+            assert component.proc is not None
+            component.proc.send_signal(signal.SIGTERM)
             # uvicorn shuts down, then re-raises the signal: systemd counts both as clean.
-            assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        for unit in overrides:
-            text = (tmp_path / f"{unit}.log").read_text()
+            assert component.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        for component in started:
+            text = component.log.read_text()
             assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
             assert "disconnected" not in text, text[-3000:]  # a stop is not a lost connection
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for component in started:
+            component.stop(signal.SIGKILL)

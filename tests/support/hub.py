@@ -28,12 +28,13 @@ class Component:
     log: Path
     health: str
     proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)  # default: this Python, -m ``module``
 
     def start(self, timeout: float = 90) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+        argv = self.argv or [sys.executable, "-m", self.module]
         with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module],
-                                         env={**clean, **self.env}, stdout=out,
+            self.proc = subprocess.Popen(argv, env={**clean, **self.env}, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         if self.health:
             deadline = time.monotonic() + timeout
