@@ -52,7 +52,7 @@ def answer(buf: bytearray) -> tuple[bytes, bool]:
             return out, len(buf) <= MAX_HEAD
         head = bytes(buf[:end]).lower()
         lines = head.split(b"\r\n")
-        length, keep = 0, not lines[0].endswith(b"http/1.0")
+        length, keep, chunked = 0, not lines[0].endswith(b"http/1.0"), False
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             value = value.strip()
@@ -61,14 +61,14 @@ def answer(buf: bytearray) -> tuple[bytes, bool]:
                     return out + RESPONSE + BODY, False
                 length = int(value)
             elif name == b"transfer-encoding":
-                keep = False  # a chunked body is not read: answer, then close
+                chunked = True  # its body is not read: answer, then close
             elif name == b"connection":
-                keep = value == b"keep-alive" if not keep else value != b"close"
+                keep = value == b"keep-alive" or (keep and value != b"close")
         if len(buf) < end + 4 + length:
             return out, True
         del buf[:end + 4 + length]
         out += RESPONSE if head.startswith(b"head ") else RESPONSE + BODY
-        if not keep:
+        if chunked or not keep:
             return out, False
 
 
