@@ -66,9 +66,10 @@ METHOD_NOTES = """\
   forward the same path to the same nginx. nginx (backend and proxy) runs one worker, like
   the single-process proxies. "CPU per request" is the proxy process's user+system time
   over the run divided by the requests served.
-- Routes: the proxy with 10,000 routes and the one with 1 route are compared in 8
-  back-to-back pairs of 2 s wrk runs per size (alternating which goes first); the ratio is
-  the median of the pairs' ratios, as this machine's speed drifts between repetitions.
+- Routes: the proxy with 10,000 routes and the one with 1 route are compared in
+  back-to-back pairs of 2 s wrk runs per size (8 in a full run, 2 with --quick; alternating
+  which goes first); the ratio is the median of the pairs' ratios, as this machine's speed
+  drifts between repetitions.
 - WebSocket: 64-byte text messages, one at a time on one connection, after 50 warm-up
   messages; "added" is the proxied percentile minus the direct one from the same repetition
   set. "CPU per round trip" is the proxy process's user+system time over the run (clock
