@@ -42,7 +42,8 @@ class Component:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
                 try:
-                    if httpx.get(self.health, timeout=1).status_code < 500:
+                    # 200 only: a 4xx may come from another server on that port
+                    if httpx.get(self.health, timeout=1).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass

@@ -25,10 +25,21 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never the same one twice in this process: the
+    kernel may offer a port again as soon as the probing socket closes, and two servers
+    started with back-to-back ports would then collide (one fails to bind, and a health
+    check could be answered by the other)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
