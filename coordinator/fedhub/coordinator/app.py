@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fedhub.coordinator import api, health, pages, reactor
 from fedhub.coordinator.auth import issue_token
@@ -105,17 +106,50 @@ def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -
     app.include_router(api.router)
     app.include_router(pages.router)
 
-    @app.middleware("http")
-    async def limit_body(request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse({"status": 413, "message":
-                                 f"request body larger than {settings.max_body_bytes} bytes"}, 413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     install_error_handlers(app)
     return app
+
+
+# An oversized body is read and dropped up to this size, so the client sees the 413.
+DISCARD_MAX = 64 * 1024 * 1024
+
+
+class BodyLimit:
+    """Answers 413 to a request that declares a body over ``limit`` bytes, before any
+    handler reads it. Plain ASGI: starlette's ``@app.middleware("http")`` runs every
+    request in a task of its own, which cost the coordinator about a tenth of a cheap
+    request's CPU."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+            if length.isdigit() and int(length) > self.limit:
+                await _discard_body(receive, DISCARD_MAX)
+                answer = JSONResponse({"status": 413, "message":
+                                       f"request body larger than {self.limit} bytes"}, 413)
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _discard_body(receive: Receive, most: int) -> None:
+    """Read and drop up to ``most`` bytes of a request's body. Answering before the
+    client has sent its body races with it: the server closes a connection with unread
+    data, the kernel resets it, and the client may lose the answer with the reset."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
