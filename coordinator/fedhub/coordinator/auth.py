@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Request
+from sqlalchemy import bindparam, select
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Credential, Token, User
+from fedhub.coordinator.db import Credential, Token, User, rows
 from fedhub.coordinator.errors import BadRequest, Forbidden, Unauthorized
 from fedhub.events.envelope import uuid7
 from fedhub.events.errors import InvalidToken
@@ -123,6 +124,13 @@ def _bearer(request: Request) -> str | None:
     return request.query_params.get("token")
 
 
+# The unrevoked token ``jti`` and its user ``sub``; the user ``sub`` (built once: see db.rows).
+_TOKEN_USER = (select(Token.id, User.name, User.admin)
+               .join_from(Token, User, User.name == bindparam("sub"))
+               .where(Token.id == bindparam("jti"), Token.revoked.is_(False)))
+_USER = select(User.name, User.admin).where(User.name == bindparam("sub"))
+
+
 def identify(hub: Hub, request: Request) -> Identity | None:
     """The caller's identity from an API token or the session cookie, or None."""
     token = _bearer(request)
@@ -131,12 +139,12 @@ def identify(hub: Hub, request: Request) -> Identity | None:
             claims = hub.keyring.decode_token(token, typ="api", roles=COORDINATOR_ROLES)
         except InvalidToken as exc:
             raise Unauthorized(f"invalid API token: {exc}") from exc
-        with hub.sessions() as db:
-            record = db.get(Token, str(claims.get("jti")))
-            user = db.get(User, str(claims.get("sub")))
-            if record is None or record.revoked or user is None:
-                raise Unauthorized("API token revoked or unknown")
-            return Identity(user.name, user.admin, "token", token_id=record.id)
+        found = rows(hub.engine, _TOKEN_USER, jti=str(claims.get("jti")),
+                     sub=str(claims.get("sub")))
+        if not found:
+            raise Unauthorized("API token revoked or unknown")
+        token_id, name, admin = found[0]
+        return Identity(name, admin, "token", token_id=token_id)
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return None
@@ -144,11 +152,11 @@ def identify(hub: Hub, request: Request) -> Identity | None:
         claims = hub.keyring.decode_token(cookie, typ="session", roles=COORDINATOR_ROLES)
     except InvalidToken:
         return None
-    with hub.sessions() as db:
-        user = db.get(User, str(claims.get("sub")))
-        if user is None:
-            return None
-        return Identity(user.name, user.admin, "session", session_id=str(claims.get("sid")))
+    user = rows(hub.engine, _USER, sub=str(claims.get("sub")))
+    if not user:
+        return None
+    name, admin = user[0]
+    return Identity(name, admin, "session", session_id=str(claims.get("sid")))
 
 
 def xsrf_secret(hub: Hub) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.errors import Conflict, Unavailable
@@ -31,6 +32,13 @@ class Hub:
     # The heartbeat read in flight (sites.heartbeats): requests arriving meanwhile share it.
     heartbeat_read: asyncio.Future[dict[str, tuple[bytes, datetime]]] | None = field(
         default=None, init=False, repr=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The database the sessions are bound to (for ``db.rows``)."""
+        engine = self.sessions.kw["bind"]
+        assert isinstance(engine, Engine)
+        return engine
 
     @property
     def actor(self) -> str:

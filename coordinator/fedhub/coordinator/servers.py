@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import bindparam, select
+
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server, Site
+from fedhub.coordinator.db import Server, Site, rows
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.coordinator.sites import choose_site
 from fedhub.coordinator.users import get_user, iso
@@ -131,10 +133,12 @@ def progress_message(item: StoredEvent, url: str) -> dict[str, Any] | None:
     return {"progress": p.progress, "message": p.message}
 
 
+_UNREACHABLE = select(Site.name).where(Site.unreachable_since.is_not(None))
+
+
 def unreachable_sites(hub: Hub) -> set[str]:
     """Sites in an open unreachable episode (from the projection)."""
-    with hub.sessions() as db:
-        return {s.name for s in db.query(Site).filter(Site.unreachable_since.is_not(None))}
+    return {row.name for row in rows(hub.engine, _UNREACHABLE)}
 
 
 def server_model(hub: Hub, row: Server, unreachable: set[str] | None = None) -> dict[str, Any]:
@@ -158,10 +162,14 @@ def server_model(hub: Hub, row: Server, unreachable: set[str] | None = None) -> 
     }
 
 
+_SERVER = select(*Server.__table__.columns).where(Server.user == bindparam("user"),
+                                                  Server.name == bindparam("name"))
+
+
 def get_server(hub: Hub, user: str, server: str) -> Server:
-    with hub.sessions() as db:
-        row = db.get(Server, (user, server))
-        if row is None:
-            raise NotFound(f"no server {server!r} for user {user}")
-        db.expunge(row)
-        return row
+    """The server's row, detached from any session: read it, never add it back. Raises
+    NotFound if the user has no such server (in the projection)."""
+    found = rows(hub.engine, _SERVER, user=user, name=server)
+    if not found:
+        raise NotFound(f"no server {server!r} for user {user}")
+    return Server(**found[0]._mapping)

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Site
+from fedhub.coordinator.db import Site, rows
 from fedhub.coordinator.errors import BadRequest
 from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas import subjects
@@ -56,6 +58,9 @@ async def heartbeats(hub: Hub) -> Beats:
     return await asyncio.shield(read)
 
 
+_SITES = select(*Site.__table__.columns).order_by(Site.name)
+
+
 async def list_sites(hub: Hub) -> list[SiteView]:
     """Every registered site with its health from the latest heartbeat."""
     try:
@@ -64,29 +69,27 @@ async def list_sites(hub: Hub) -> list[SiteView]:
         log.warning("cannot read site health: %s", exc)
         beats = {}
     now = datetime.now(UTC)
-    with hub.sessions() as db:
-        rows = db.query(Site).order_by(Site.name).all()
-        out = []
-        for row in rows:
-            beat = beats.get(subjects.health(row.name))
-            status, seen, servers, capacity = "unknown", None, 0, {}
-            if beat is not None:
-                seen = beat[1]
-                age = (now - seen).total_seconds()
-                status = "online" if age <= hub.settings.site_offline_after else "offline"
-                try:
-                    data = json.loads(beat[0])
-                    servers, capacity = int(data.get("servers", 0)), dict(data.get("capacity", {}))
-                except (ValueError, TypeError, AttributeError):
-                    log.warning("malformed heartbeat from site %s", row.name)
+    out = []
+    for row in rows(hub.engine, _SITES):
+        beat = beats.get(subjects.health(row.name))
+        status, seen, servers, capacity = "unknown", None, 0, {}
+        if beat is not None:
+            seen = beat[1]
+            age = (now - seen).total_seconds()
+            status = "online" if age <= hub.settings.site_offline_after else "offline"
             try:
-                specs = specs_from_json(row.options or [])
-            except InvalidOptions as exc:
-                log.warning("site %s declares unusable options: %s", row.name, exc)
-                specs = []
-            out.append(SiteView(row.name, row.backend, row.description, row.weight, status,
-                                seen, servers, capacity, specs))
-        return out
+                data = json.loads(beat[0])
+                servers, capacity = int(data.get("servers", 0)), dict(data.get("capacity", {}))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("malformed heartbeat from site %s", row.name)
+        try:
+            specs = specs_from_json(row.options or [])
+        except InvalidOptions as exc:
+            log.warning("site %s declares unusable options: %s", row.name, exc)
+            specs = []
+        out.append(SiteView(row.name, row.backend, row.description, row.weight, status,
+                            seen, servers, capacity, specs))
+    return out
 
 
 async def choose_site(hub: Hub, requested: str | None,
