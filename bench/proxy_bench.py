@@ -166,7 +166,9 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
         "fedhub": (f"ws://127.0.0.1:{fed.port}/user/{USER}/ws/api/kernels/x/channels",
                    {"Authorization": f"token {token1}"}),
     }
-    for rep in range(reps):
+    # Round trips are short and woken by a noisy scheduler: more, shorter alternating runs
+    # than for throughput, each proxy compared with the direct run of its own repetition.
+    for rep in range(cfg.get("ws_reps", reps)):
         for name in (["fedhub", "direct", "chp"] if rep % 2 == 0 else ["chp", "direct", "fedhub"]):
             url, headers = ws_targets[name]
             pid = {"chp": chp.pid, "fedhub": fed.pid}.get(name)

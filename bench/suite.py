@@ -21,13 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, Procs, dump, log, machine  # noqa: E402
 
-FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 5000, "route_pairs": 8, "routes_mid": 10_000,
+FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "ws_reps": 9, "route_pairs": 8,
+        "routes_mid": 10_000,
         "routes_big": 100_000, "route_samples": 200, "audit_events": 1_000_000,
         "append_seconds": 10, "spawn_singles": 10, "bursts": [100, 500], "burst_reps": 3,
         "users": 10_000, "users_requests": 300,
         # the slowest items (minutes each) run fewer times to keep the suite under 30 min
         "audit_reps": 1, "rebuild_big_reps": 2, "reps_burst500": 2, "tunnel_big_mib": 100}
-QUICK = {"reps": 1, "wrk_seconds": 1, "ws_messages": 500, "route_pairs": 2, "routes_mid": 10_000,
+QUICK = {"reps": 1, "wrk_seconds": 1, "ws_messages": 500, "ws_reps": 2, "route_pairs": 2,
+         "routes_mid": 10_000,
          "routes_big": 100_000, "route_samples": 100, "audit_events": 200_000,
          "append_seconds": 3, "spawn_singles": 5, "bursts": [100], "burst_reps": 1,
          "users": 2_000, "users_requests": 100,
