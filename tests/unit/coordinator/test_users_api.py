@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from fedhub.coordinator import api, health, servers
+from fedhub.coordinator import api, auth, health, servers
 from fedhub.coordinator.app import install_error_handlers, open_hub
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
@@ -185,3 +185,30 @@ async def test_an_unreachable_log_or_database_is_a_503_in_any_handler(
         r = await c.request(method, path)
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": message}
+
+
+async def test_a_revoked_token_or_one_of_a_deleted_user_is_refused(hub: Hub) -> None:
+    bob_secret, bob_token = await issue_token(hub, "bob", "t", None, "test")
+    dan_secret, _ = await issue_token(hub, "dan", "t", None, "test")
+    async with api_as_root(hub) as root:
+        for secret in (bob_secret, dan_secret):
+            r = await root.get("/hub/api/user", headers={"Authorization": f"token {secret}"})
+            assert r.status_code == 200
+        r = await root.delete(f"/hub/api/users/bob/tokens/{bob_token.id}")
+        assert r.status_code == 204
+        assert (await root.delete("/hub/api/users/dan")).status_code == 204
+        for secret in (bob_secret, dan_secret):
+            r = await root.get("/hub/api/user", headers={"Authorization": f"token {secret}"})
+            assert r.status_code == 401
+            assert r.json()["message"] == "API token revoked or unknown"
+        assert (await root.get("/hub/api/user")).json()["name"] == "root"  # others unaffected
+
+
+async def test_authentication_with_the_database_down_is_a_503(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "rows", _database_down)
+    async with api_as_root(hub) as c:
+        r = await c.get("/hub/api/user")
+    assert r.status_code == 503
+    assert r.json() == {"status": 503, "message": "the database is unavailable; try again shortly"}
