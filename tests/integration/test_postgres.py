@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.db import Server, User, make_engine
 from fedhub.coordinator.projection import ProjectionRunner, apply
+from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.memory import MemoryStore
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
@@ -195,6 +197,54 @@ def test_users_created_through_both_coordinators_at_once_are_all_listed_by_both(
             names = {u["name"] for u in api.get("/users", params={"limit": 200}).json()}
             listings.append({n for n in names if n.startswith("burst")})
     assert listings[0] == listings[1] == {f"burst{i}" for i in range(60)}
+    for name in ("coordinator", "coordinator-2"):
+        text = Path(hub.components[name].log).read_text()
+        assert "Traceback" not in text, f"{name} logged an error:\n{text[-3000:]}"
+
+
+def test_spawns_through_both_coordinators_at_once_are_each_recorded_once(
+        two_coordinators: tuple[Hub, str]) -> None:
+    # Both coordinators' reactors see every site report and every canonical event: each
+    # spawn must still be recorded, readied and routed exactly once, and succeed.
+    hub, second = two_coordinators
+    urls = [hub.hub_url + "/hub/api", second + "/hub/api"]
+    names = [f"twin{i}" for i in range(8)]
+
+    async def spawn_all() -> list[int]:
+        async with httpx.AsyncClient(timeout=120, headers={
+                "Authorization": f"token {hub.admin_token}"}) as c:
+            made = await asyncio.gather(*(c.post(f"{urls[i % 2]}/users/{n}", json={})
+                                          for i, n in enumerate(names)))
+            assert [r.status_code for r in made] == [201] * len(names)
+            got = await asyncio.gather(*(
+                c.post(f"{urls[i % 2]}/users/{n}/server", params={"wait": 90},
+                       json={"site": "local"}) for i, n in enumerate(names)))
+            return [r.status_code for r in got]
+
+    async def recorded() -> Counter[tuple[str, str]]:
+        store = await JetStreamStore.connect(hub.nats_url, create_streams=False)
+        seen: Counter[tuple[str, str]] = Counter()
+        async for item in store.read("fedhub.>"):
+            env = item.event
+            if env.data.get("user") in names and not subjects.is_site_fact(env.subject):
+                seen[(env.data["user"], env.type)] += 1
+        await store.close()
+        return seen
+
+    assert asyncio.run(spawn_all()) == [201] * len(names)
+    seen = asyncio.run(recorded())
+    for name in names:
+        for kind in ("ServerRequested", "ServerAccepted", "ServerStarted", "ServerReady",
+                     "RouteAdded"):
+            assert seen[(name, kind)] == 1, (name, kind, seen)
+    for url in urls:
+        with httpx.Client(base_url=url, timeout=60,
+                          headers={"Authorization": f"token {hub.admin_token}"}) as api:
+            for name in names:
+                assert api.get(f"/users/{name}").json()["servers"][""]["ready"], (url, name)
+    with hub.admin() as api:
+        for name in names:
+            assert api.delete(f"/users/{name}/server").status_code in (202, 204)
     for name in ("coordinator", "coordinator-2"):
         text = Path(hub.components[name].log).read_text()
         assert "Traceback" not in text, f"{name} logged an error:\n{text[-3000:]}"
