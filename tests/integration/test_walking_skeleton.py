@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -253,6 +255,22 @@ def test_bad_input_gets_clear_errors(hub: Hub) -> None:
     # without the XSRF header a cookie cannot be used to write
     r = ivan.client.post("/hub/api/users/ivan/servers/other", json={"site": "local"})
     assert r.status_code == 403
+
+
+def test_an_upload_that_asks_first_is_refused_before_it_is_sent(hub: Hub) -> None:
+    # A client may send "Expect: 100-continue" with a large body and wait to be told to go
+    # on: the coordinator refuses an oversized one at once, so its body is never sent. (The
+    # edge proxy, like nginx and CHP, answers 100 itself and streams the body on.)
+    url = urlsplit(hub.hub_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(b"POST /hub/api/users/ivan/server HTTP/1.1\r\nHost: hub\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 50000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        while b"\r\n\r\n{" not in answer and (more := conn.recv(65536)):
+            answer += more  # the JSON body may come in a write of its own
+    assert b"request body larger than" in answer
 
 
 def test_malformed_events_are_skipped_by_every_consumer(hub: Hub) -> None:

@@ -128,9 +128,11 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"")
             if length.isdigit() and int(length) > self.limit:
-                await _discard_body(receive, DISCARD_MAX)
+                if headers.get(b"expect", b"").lower() != b"100-continue":
+                    await _discard_body(receive, DISCARD_MAX)  # else the client waits for us
                 answer = JSONResponse({"status": 413, "message":
                                        f"request body larger than {self.limit} bytes"}, 413)
                 await answer(scope, receive, send)
@@ -141,7 +143,9 @@ class BodyLimit:
 async def _discard_body(receive: Receive, most: int) -> None:
     """Read and drop up to ``most`` bytes of a request's body. Answering before the
     client has sent its body races with it: the server closes a connection with unread
-    data, the kernel resets it, and the client may lose the answer with the reset."""
+    data, the kernel resets it, and the client may lose the answer with the reset. (A
+    client that sent ``Expect: 100-continue`` sends nothing until told to: it is answered
+    at once, as reading would tell it to send the body.)"""
     seen = 0
     while seen <= most:
         message = await receive()
