@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,31 +20,9 @@ REPO = BENCH.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never the same one twice in this process (the kernel may
-    offer a port again once the probing socket closes: back-to-back calls could collide)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+sys.path.insert(0, str(REPO))  # the tests' port helpers serve the benchmarks too
+from tests.support.ports import free_port as free_port  # noqa: E402
+from tests.support.ports import wait_port as wait_port  # noqa: E402
 
 
 def wait_http(url: str, timeout: float = 60.0, ok: tuple[int, ...] = (200,),
