@@ -128,16 +128,20 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length", b"")
+            length = _header(scope, b"content-length")
             if length.isdigit() and int(length) > self.limit:
-                if headers.get(b"expect", b"").lower() != b"100-continue":
+                if _header(scope, b"expect").lower() != b"100-continue":
                     await _discard_body(receive, DISCARD_MAX)  # else the client waits for us
                 answer = JSONResponse({"status": 413, "message":
                                        f"request body larger than {self.limit} bytes"}, 413)
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The first value of header ``name`` (lowercase) of an HTTP request, or b""."""
+    return next((v for k, v in scope["headers"] if k == name), b"")
 
 
 async def _discard_body(receive: Receive, most: int) -> None:
