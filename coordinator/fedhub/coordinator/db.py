@@ -3,8 +3,9 @@ password hashes that must never enter the log and is not a projection."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import Any, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 from sqlalchemy import (
     JSON,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     create_engine,
     event,
     select,
@@ -29,6 +31,7 @@ from sqlalchemy.sql import Select
 # the projection retries on these, the API answers 503.
 UNREACHABLE = (OperationalError, InterfaceError)
 _Ts = TypeVarTuple("_Ts")
+_P = TypeVar("_P", bound="Projected")
 
 
 class Base(DeclarativeBase):
@@ -188,6 +191,20 @@ def rows(engine: Engine, query: Select[*_Ts], **params: Any) -> list[Row[*_Ts]]:
     Raises what the driver raises (see ``UNREACHABLE``)."""
     with engine.connect() as conn:
         return list(conn.execute(query, params))
+
+
+@functools.cache
+def _by_columns(model: type[Projected], names: tuple[str, ...]) -> Select[Any]:
+    table = model.__table__
+    return select(*table.columns).where(*(table.c[n] == bindparam(n) for n in names))
+
+
+def detached(engine: Engine, model: type[_P], **key: Any) -> _P | None:
+    """The row of ``model`` whose columns equal ``key`` (its primary key), read with
+    ``rows`` (one statement per model and key, built once), as a copy detached from any
+    session: read it, never add it back. None if there is no such row."""
+    found = rows(engine, _by_columns(model, tuple(key)), **key)
+    return model(**found[0]._mapping) if found else None
 
 
 def drop_projections(engine: Engine) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server, Site, rows
+from fedhub.coordinator.db import Server, Site, detached, rows
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.coordinator.sites import choose_site
 from fedhub.coordinator.users import get_user, iso
@@ -162,14 +162,10 @@ def server_model(hub: Hub, row: Server, unreachable: set[str] | None = None) -> 
     }
 
 
-_SERVER = select(*Server.__table__.columns).where(Server.user == bindparam("user"),
-                                                  Server.name == bindparam("name"))
-
-
 def get_server(hub: Hub, user: str, server: str) -> Server:
     """The server's row, detached from any session: read it, never add it back. Raises
     NotFound if the user has no such server (in the projection)."""
-    found = rows(hub.engine, _SERVER, user=user, name=server)
-    if not found:
+    row = detached(hub.engine, Server, user=user, name=server)
+    if row is None:
         raise NotFound(f"no server {server!r} for user {user}")
-    return Server(**found[0]._mapping)
+    return row

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
-
 from fedhub.coordinator.auth import set_password
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server, User, rows
+from fedhub.coordinator.db import Server, User, detached
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.schemas import subjects
 from fedhub.schemas.events import UserCreated, UserDeleted, UserUpdated
@@ -55,17 +53,14 @@ async def delete_user(hub: Hub, name: str, *, actor: str) -> None:
                    expected_seq=last.seq if last else 0, wait=True)
 
 
-_USER = select(*User.__table__.columns).where(User.name == bindparam("name"))
-
-
 def get_user(hub: Hub, raw: str) -> User:
     """User ``raw`` (normalized), detached from any session: read its attributes, never
     add it back. Raises BadRequest for an invalid name, NotFound for an unknown user."""
     name = valid_name(raw)
-    found = rows(hub.engine, _USER, name=name)
-    if not found:
+    user = detached(hub.engine, User, name=name)
+    if user is None:
         raise NotFound(f"no such user: {name}")
-    return User(**found[0]._mapping)
+    return user
 
 
 def list_users(hub: Hub, offset: int, limit: int) -> tuple[list[User], int]:
