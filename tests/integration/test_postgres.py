@@ -153,6 +153,13 @@ class Direct:
         self.url = url
 
 
+def assert_no_errors_logged(hub: Hub) -> None:
+    """Neither coordinator logged a traceback."""
+    for name in ("coordinator", "coordinator-2"):
+        text = Path(hub.components[name].log).read_text()
+        assert "Traceback" not in text, f"{name} logged an error:\n{text[-3000:]}"
+
+
 def test_a_hub_on_postgresql_spawns_and_a_second_coordinator_sees_it_all(
         two_coordinators: tuple[Hub, str]) -> None:
     hub, second = two_coordinators
@@ -197,9 +204,7 @@ def test_users_created_through_both_coordinators_at_once_are_all_listed_by_both(
             names = {u["name"] for u in api.get("/users", params={"limit": 200}).json()}
             listings.append({n for n in names if n.startswith("burst")})
     assert listings[0] == listings[1] == {f"burst{i}" for i in range(60)}
-    for name in ("coordinator", "coordinator-2"):
-        text = Path(hub.components[name].log).read_text()
-        assert "Traceback" not in text, f"{name} logged an error:\n{text[-3000:]}"
+    assert_no_errors_logged(hub)
 
 
 def test_spawns_through_both_coordinators_at_once_are_each_recorded_once(
@@ -245,9 +250,7 @@ def test_spawns_through_both_coordinators_at_once_are_each_recorded_once(
     with hub.admin() as api:
         for name in names:
             assert api.delete(f"/users/{name}/server").status_code in (202, 204)
-    for name in ("coordinator", "coordinator-2"):
-        text = Path(hub.components[name].log).read_text()
-        assert "Traceback" not in text, f"{name} logged an error:\n{text[-3000:]}"
+    assert_no_errors_logged(hub)
 
 
 def test_the_admin_password_is_that_of_the_first_start(
