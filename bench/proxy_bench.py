@@ -155,9 +155,12 @@ async def _run(cfg: dict[str, Any], procs: Procs, root: Path, R: Results) -> Non
     for size in ("1k", "64k"):  # paired runs: this machine's speed drifts between reps
         for i in range(pairs):
             for name in (["fedhub", "fedhub10k"] if i % 2 == 0 else ["fedhub10k", "fedhub"]):
-                url, _pid, headers = targets[name]
+                url, pid, headers = targets[name]
+                cpu0 = cpu_seconds(pid)
                 res = wrk(url % f"{size}.bin", 64, 2, headers)
                 R.setdefault(f"pair_rps.{name}.{size}", []).append(res["rps"])
+                R.setdefault(f"pair_cpu_us.{name}.{size}", []).append(
+                    (cpu_seconds(pid) - cpu0) * 1e6 / max(1, res["requests"]))
 
     log("WebSocket echo round trips")
     ws_targets = {

@@ -67,9 +67,11 @@ METHOD_NOTES = """\
   the single-process proxies. "CPU per request" is the proxy process's user+system time
   over the run divided by the requests served.
 - Routes: the proxy with 10,000 routes and the one with 1 route are compared in
-  back-to-back pairs of 2 s wrk runs per size (8 in a full run, 2 with --quick; alternating
-  which goes first); the ratio is the median of the pairs' ratios, as this machine's speed
-  drifts between repetitions.
+  back-to-back pairs of 2 s wrk runs per size (16 in a full run, 2 with --quick;
+  alternating which goes first); the ratio is the median of the pairs' ratios, as this
+  machine's speed drifts between repetitions. Each proxy's CPU per request over the same
+  runs (median) is reported beside it: the cost that throughput would follow on a quiet
+  machine.
 - WebSocket: 64-byte text messages, one at a time on one connection, after 50 warm-up
   messages; 9 repetitions of 2,000 messages (2 of 500 with --quick), fedhub, direct and
   CHP in alternating order; "added" is the median over the repetitions of the proxied
@@ -220,6 +222,14 @@ def build(data: dict[str, Any]) -> Table:
               "route lookup costs the same at any table size (one dict lookup per path "
               f"depth); the {len(ratios)} back-to-back pairs gave ratios of "
               + ", ".join(f"{x:.2f}" for x in ratios) + " (their median is the figure)")
+    for size in ("1k", "64k"):
+        many_cpu, one_cpu = m(f"pair_cpu_us.fedhub10k.{size}"), m(f"pair_cpu_us.fedhub.{size}")
+        if many_cpu is None or one_cpu is None:
+            continue
+        t.row(f"proxy CPU per request with {mid:,} routes vs 1, 64 conn, "
+              f"{size.replace('k', ' KiB')}", fmt(many_cpu, " µs"),
+              f"fedhub, 1 route: {fmt(one_cpu, ' µs')}", ratio(many_cpu, one_cpu), "report",
+              None, "")
     dp50, dp99 = m("ws_p50_us.direct"), m("ws_p99_us.direct")
     fcpu, ccpu = m("ws_cpu_us.fedhub"), m("ws_cpu_us.chp")
     ws_why = WHY["ws"]

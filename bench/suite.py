@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, Procs, dump, log, machine  # noqa: E402
 
-FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "ws_reps": 9, "route_pairs": 8,
+FULL = {"reps": 3, "wrk_seconds": 3, "ws_messages": 2000, "ws_reps": 9, "route_pairs": 16,
         "routes_mid": 10_000,
         "routes_big": 100_000, "route_samples": 200, "audit_events": 1_000_000,
         "append_seconds": 10, "spawn_singles": 10, "bursts": [100, 500], "burst_reps": 3,
