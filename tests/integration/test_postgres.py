@@ -101,11 +101,12 @@ async def test_the_projection_waits_out_a_database_restart(
     runner = ProjectionRunner(store, pg_sessions)
 
     def failed_tries() -> int:
-        return sum("cannot reach the database" in r.getMessage() for r in caplog.records)
+        return runner.stall.tries if runner.stall else 0
 
     async with following(runner) as task:
         await runner.wait_for(await store.append(
             envelope(ev.UserCreated(name="first"), subjects.user("first"))), timeout=10)
+        assert runner.stall is None
         postgres.stop()
         try:
             last = await store.append(envelope(ev.UserCreated(name="during"),
@@ -115,11 +116,17 @@ async def test_the_projection_waits_out_a_database_restart(
                         what="the event to be tried while the database is down")
             assert not task.done(), "the projection gave up while the database was down"
             assert runner.applied < last
+            assert runner.stall is not None and runner.stall.first == last
         finally:
             postgres.start()
         await runner.wait_for(last, timeout=30)
+        assert runner.stall is None
     with pg_sessions() as db:
         assert {u.name for u in db.query(User)} == {"first", "during"}
+    # one warning when it stalled and one when it recovered, not one per try
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("cannot reach the database" in m for m in said) == 1, said
+    assert sum("reached the database again" in m for m in said) == 1, said
 
 
 # -- two real coordinators sharing one database ------------------------------------------

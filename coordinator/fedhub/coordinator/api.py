@@ -89,9 +89,18 @@ async def version() -> dict[str, str]:
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
+async def health(request: Request) -> JSONResponse:
+    """200 while the coordinator can keep its tables current; 503 while its projection
+    cannot reach the database (the driver's error, which may name hosts, is only logged)."""
     hub = hub_of(request)
-    return {"status": "ok", "applied": hub.projection.applied}
+    stall = hub.projection.stall
+    if stall is None:
+        return JSONResponse({"status": "ok", "applied": hub.projection.applied})
+    return JSONResponse(
+        {"status": "unavailable", "applied": hub.projection.applied,
+         "message": f"the database cannot be reached: events from {stall.first} have waited "
+                    f"{stall.seconds():.0f} s to be applied ({stall.tries} tries)"},
+        status_code=503)
 
 
 @router.get("/user")

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, tuple_, update
@@ -36,10 +37,28 @@ log = logging.getLogger(__name__)
 COMMIT_EVERY = 0.01  # seconds between commits while events keep coming, doubling up to
 COMMIT_MAX = 0.05  # this while every batch holds several events (see ``next_interval``)
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while the database is unreachable
+STALL_REPORT_EVERY = 60.0  # seconds between error reports while the projection stays stuck
 SERVER_SUBJECTS = f"{subjects.ROOT}.server."
 
 
 ServerRows = dict[tuple[str, str], Server]
+
+
+@dataclass
+class Stall:
+    """The projection cannot apply events: since when (``time.monotonic``), how many
+    tries have failed, and the driver's last error (for the log only: it may name hosts)."""
+
+    since: float
+    first: int
+    last: int
+    tries: int = 0
+    error: str = ""
+    reported: float = field(default=0.0)
+
+    def seconds(self) -> float:
+        """How long the projection has been stuck."""
+        return time.monotonic() - self.since
 
 
 def apply(db: Session, item: StoredEvent, servers: ServerRows | None = None) -> None:
@@ -161,6 +180,7 @@ class ProjectionRunner:
         self._sessions = sessions
         self._name = name
         self.applied = 0
+        self.stall: Stall | None = None  # set while the database cannot be reached
         self._advanced = asyncio.Condition()
         self._watchers: dict[str, set[asyncio.Queue[StoredEvent]]] = {}
 
@@ -209,18 +229,43 @@ class ProjectionRunner:
 
     async def _apply_while_reachable(self, batch: list[StoredEvent]) -> None:
         """Apply ``batch``, waiting out a database that cannot be reached (restarting, or
-        a network failure): the batch is retried, never dropped."""
+        a network failure): the batch is retried, never dropped. Meanwhile ``stall`` says
+        so (the health check answers 503), and the log has one warning, then an error
+        every ``STALL_REPORT_EVERY`` seconds: a database that never comes back (or one
+        the driver refuses for good, such as a missing table) gets noticed, not buried
+        in a warning per try."""
         pause = RETRY_FIRST
         while True:
             try:
                 self._apply_batch(batch)
-                return
             except UNREACHABLE as exc:
-                log.warning("projection cannot reach the database (%s); retrying events "
-                            "%d-%d in %.1f s", exc.orig or exc, batch[0].seq, batch[-1].seq,
-                            pause)
+                self._stalled(batch, str(exc.orig or exc), pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
+                continue
+            if self.stall is not None:
+                log.warning("projection reached the database again after %.1f s (%d failed "
+                            "tries); applying from event %d", self.stall.seconds(),
+                            self.stall.tries, batch[0].seq)
+                self.stall = None
+            return
+
+    def _stalled(self, batch: list[StoredEvent], error: str, pause: float) -> None:
+        stall = self.stall
+        if stall is None:
+            stall = self.stall = Stall(since=time.monotonic(), first=batch[0].seq,
+                                       last=batch[-1].seq, reported=time.monotonic())
+            log.warning("projection cannot reach the database (%s); retrying events %d-%d "
+                        "until it answers", error, stall.first, stall.last)
+        stall.tries += 1
+        stall.error = error
+        if time.monotonic() - stall.reported >= STALL_REPORT_EVERY:
+            stall.reported = time.monotonic()
+            log.error("projection stalled for %.0f s (%d tries) on events %d-%d: %s; the API "
+                      "shows the tables as they were and spawns wait", stall.seconds(),
+                      stall.tries, stall.first, stall.last, error)
+        else:
+            log.debug("projection retry %d in %.1f s: %s", stall.tries, pause, error)
 
     def _apply_batch(self, batch: list[StoredEvent]) -> None:
         """Apply ``batch`` in one transaction. If the database refuses it (a value it will

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from fedhub.coordinator import api, auth, health, servers
+from fedhub.coordinator import api, auth, health, projection, servers
 from fedhub.coordinator.app import install_error_handlers, open_hub
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
@@ -26,7 +26,9 @@ from fedhub.events.errors import StoreUnavailable
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
-from fedhub.schemas.events import SiteHeartbeat
+from fedhub.schemas.events import SiteHeartbeat, UserCreated
+from tests.support.polling import until
+from tests.support.projection import envelope
 
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 NAMES = ["ann", "bob", "cat", "dan", "eve", "fay"]
@@ -212,3 +214,27 @@ async def test_authentication_with_the_database_down_is_a_503(
         r = await c.get("/hub/api/user")
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": "the database is unavailable; try again shortly"}
+
+
+async def test_health_is_a_503_while_the_projection_cannot_reach_the_database(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with api_as_root(hub) as c:
+        assert (await c.get("/hub/api/health")).json()["status"] == "ok"
+        monkeypatch.setattr(projection, "RETRY_FIRST", 0.01)
+        monkeypatch.setattr(hub.projection, "_apply_batch", _database_down)
+        seq = await hub.store.append(envelope(UserCreated(name="gus"), subjects.user("gus")))
+        await until(lambda: hub.projection.stall is not None and hub.projection.stall.tries > 1,
+                    what="the projection to retry")
+        r = await c.get("/hub/api/health")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "unavailable" and body["applied"] < seq
+        assert body["message"].startswith(f"the database cannot be reached: events from {seq} "
+                                          "have waited ")
+        assert "db.internal" not in r.text  # the driver's message names a host: log only
+        monkeypatch.undo()  # the database is back: the waiting event is applied, not lost
+        await hub.projection.wait_for(seq)
+        r = await c.get("/hub/api/health")
+        assert r.status_code == 200 and r.json()["applied"] >= seq
+        assert (await c.get("/hub/api/users/gus")).status_code == 200
