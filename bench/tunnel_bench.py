@@ -35,6 +35,7 @@ from services import start_edge_proxy, start_nats, start_static  # noqa: E402
 from fedhub.events.envelope import new_event  # noqa: E402
 from fedhub.events.signing import SigningKey  # noqa: E402
 from fedhub.schemas import subjects  # noqa: E402
+from fedhub.schemas.config import loop_factory  # noqa: E402
 from fedhub.schemas.events import KeyPublished, RouteAdded  # noqa: E402
 from fedhub.schemas.names import server_key, server_prefix, subject_token  # noqa: E402
 
@@ -198,7 +199,8 @@ async def agent_main(nats: str, key: SigningKey, target: str) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["agent"]:
         nats, pem, target = sys.argv[2:5]
-        asyncio.run(agent_main(nats, SigningKey.from_pem(Path(pem).read_text()), target))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:  # as the real agent's
+            runner.run(agent_main(nats, SigningKey.from_pem(Path(pem).read_text()), target))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)

@@ -8,13 +8,12 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from fedhub.edge_proxy.proxy import EdgeProxy
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.events.errors import StoreUnavailable
-from fedhub.schemas.config import ConfigError, load_settings
+from fedhub.schemas.config import ConfigError, load_settings, loop_factory
 
 log = logging.getLogger("fedhub.edge_proxy")
 
@@ -60,15 +59,6 @@ async def serve(settings: EdgeProxySettings) -> None:
         await store.close()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # uvloop (installed with uvicorn[standard]) roughly doubles proxy throughput.
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for unusable settings)."""
     args = parse_args(argv)
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)
         return 2
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(settings))
     except StoreUnavailable as exc:
         print(f"fedhub edge-proxy: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedhub.events.errors import StoreUnavailable
 from fedhub.schemas.bundle import BundleError
-from fedhub.schemas.config import ConfigError, load_settings
+from fedhub.schemas.config import ConfigError, load_settings, loop_factory
 from fedhub.site_agent.errors import BackendError
 from fedhub.site_agent.settings import SiteAgentSettings
 
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedhub.site_agent.run import run_agent  # imports NATS only when actually running
 
     try:
-        asyncio.run(run_agent(settings))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run_agent(settings))
     except StoreUnavailable as exc:
         print(f"fedhub site-agent: cannot reach the event log at {settings.nats_url}: {exc}",
               file=sys.stderr)
