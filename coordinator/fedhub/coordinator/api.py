@@ -45,6 +45,23 @@ async def body(request: Request) -> dict[str, Any]:
     return data
 
 
+def flag(data: dict[str, Any], key: str) -> bool | None:
+    """``data[key]`` if it is a JSON boolean, None if absent; BadRequest otherwise (the
+    string "false" must not make anyone an admin)."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
+
+
+def text(data: dict[str, Any], key: str) -> str | None:
+    """``data[key]`` if it is a string, None if absent; BadRequest otherwise."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
 def acting_for(request: Request, name: str) -> tuple[Hub, Identity, User]:
     """The hub, the caller, and user ``name``, whom the caller may act for (the user
     themself or an admin). Raises Unauthorized, Forbidden or NotFound."""
@@ -81,6 +98,9 @@ def token_model(t: Token) -> dict[str, Any]:
 
 def _actor(ident: Identity) -> str:
     return f"user:{ident.name}"
+
+# The longest expiry a token may ask for (NaN, infinity and 1e12 would not fit a date).
+MAX_TOKEN_SECONDS = 10 * 366 * 24 * 3600
 
 
 @router.get("/")
@@ -143,10 +163,11 @@ async def create_many(request: Request) -> Response:
     names = data.get("usernames")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BadRequest("body must be {\"usernames\": [...], \"admin\": bool}")
+    admin = bool(flag(data, "admin"))
     created = []
     for name in names:
         try:
-            created.append(await users.create_user(hub, name, admin=bool(data.get("admin")),
+            created.append(await users.create_user(hub, name, admin=admin,
                                                    actor=_actor(ident)))
         except Conflict:
             continue
@@ -167,11 +188,8 @@ async def create_one(name: str, request: Request) -> Response:
     ident = auth.require(hub, request)
     auth.require_admin(ident)
     data = await body(request)
-    password = data.get("password")
-    if password is not None and not isinstance(password, str):
-        raise BadRequest("password must be a string")
-    user = await users.create_user(hub, name, admin=bool(data.get("admin")),
-                                   actor=_actor(ident), password=password)
+    user = await users.create_user(hub, name, admin=bool(flag(data, "admin")),
+                                   actor=_actor(ident), password=text(data, "password"))
     return JSONResponse(user_model(hub, user), 201)
 
 
@@ -184,8 +202,8 @@ async def update_one(name: str, request: Request) -> dict[str, Any]:
         auth.require_admin(ident)
     else:
         auth.may_act_for(ident, users.valid_name(name))
-    user = await users.update_user(hub, name, admin=data.get("admin"),
-                                   password=data.get("password"), actor=_actor(ident))
+    user = await users.update_user(hub, name, admin=flag(data, "admin"),
+                                   password=text(data, "password"), actor=_actor(ident))
     return user_model(hub, user)
 
 
@@ -276,8 +294,10 @@ async def create_token(name: str, request: Request) -> Response:
     hub, ident, user = acting_for(request, name)
     data = await body(request)
     expires = data.get("expires_in")
-    if expires is not None and (not isinstance(expires, int | float) or expires <= 0):
-        raise BadRequest("expires_in must be a positive number of seconds")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)
+                                or not 0 < expires <= MAX_TOKEN_SECONDS):
+        raise BadRequest("expires_in must be a number of seconds, more than 0 and at most "
+                         f"{MAX_TOKEN_SECONDS} (ten years); leave it out for no expiry")
     note = str(data.get("note") or "Requested via api")[:256]
     secret, record = await auth.issue_token(hub, user.name, note, expires, _actor(ident))
     return JSONResponse({**token_model(record), "token": secret}, 201)

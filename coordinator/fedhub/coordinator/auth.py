@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Request
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Credential, Token, User, rows
+from fedhub.coordinator.db import Credential, EndedSession, Token, User, aware, rows
 from fedhub.coordinator.errors import BadRequest, Forbidden, Unauthorized
 from fedhub.events.envelope import uuid7
 from fedhub.events.errors import InvalidToken
@@ -60,6 +60,12 @@ def set_password(hub: Hub, user: str, password: str) -> None:
         db.merge(Credential(user=user, password_hash=hash_password(password)))
 
 
+def forget_password(hub: Hub, user: str) -> None:
+    """Remove ``user``'s password hash, if any (idempotent)."""
+    with hub.sessions.begin() as db:
+        db.query(Credential).filter(Credential.user == user).delete()
+
+
 def check_password(hub: Hub, user: str, password: str) -> bool:
     with hub.sessions() as db:
         cred = db.get(Credential, user)
@@ -79,9 +85,12 @@ async def login(hub: Hub, raw_name: str, password: str, remote: str | None) -> s
     with hub.sessions() as db:
         user = db.get(User, name)
     if user is None or not check_password(hub, name, password):
+        # What was typed for an unknown user stays out of the log, which keeps it for good:
+        # it is as often a password typed into the wrong field as a probed name.
+        known = name if user is not None else ""
         reason = "unknown user" if user is None else "wrong password"
-        await hub.emit(subjects.login(name or "-"),
-                       UserLoginFailed(name=name, reason=reason, remote_addr=remote),
+        await hub.emit(subjects.login(known or "-"),
+                       UserLoginFailed(name=known, reason=reason, remote_addr=remote),
                        actor=f"anonymous:{remote or '-'}")
         raise Forbidden("Invalid username or password")
     sid = uuid7()
@@ -92,10 +101,12 @@ async def login(hub: Hub, raw_name: str, password: str, remote: str | None) -> s
 
 
 async def logout(hub: Hub, ident: Identity) -> None:
+    """End ``ident``'s session: once this returns, its cookie no longer authenticates
+    here (the event is projected); edge proxies refuse it as soon as they read it."""
     if ident.via == "session":
         await hub.emit(subjects.login(ident.name),
                        UserLoggedOut(name=ident.name, session_id=ident.session_id),
-                       actor=f"user:{ident.name}")
+                       actor=f"user:{ident.name}", wait=True)
 
 
 async def issue_token(hub: Hub, user: str, note: str, expires_in: float | None,
@@ -128,7 +139,13 @@ def _bearer(request: Request) -> str | None:
 _TOKEN_USER = (select(Token.id, User.name, User.admin)
                .join_from(Token, User, User.name == bindparam("sub"))
                .where(Token.id == bindparam("jti"), Token.revoked.is_(False)))
-_USER = select(User.name, User.admin).where(User.name == bindparam("sub"))
+# The user ``sub`` of session ``sid``, unless the session was logged out of.
+_SESSION_USER = (select(User.name, User.admin, User.created)
+                 .where(User.name == bindparam("sub"),
+                        ~exists().where(EndedSession.session_id == bindparam("sid"))))
+# Seconds a session may seem to predate its account: the cookie's ``iat`` and the event's
+# time come from different clocks (as the edge proxy allows).
+_CLOCK_SLACK = 5
 
 
 def identify(hub: Hub, request: Request) -> Identity | None:
@@ -152,16 +169,15 @@ def identify(hub: Hub, request: Request) -> Identity | None:
         claims = hub.keyring.decode_token(cookie, typ="session", roles=COORDINATOR_ROLES)
     except InvalidToken:
         return None
-    user = rows(hub.engine, _USER, sub=str(claims.get("sub")))
+    sid = str(claims.get("sid"))
+    user = rows(hub.engine, _SESSION_USER, sub=str(claims.get("sub")), sid=sid)
     if not user:
-        return None
-    name, admin = user[0]
-    return Identity(name, admin, "session", session_id=str(claims.get("sid")))
-
-
-def xsrf_secret(hub: Hub) -> bytes:
-    """A secret only this coordinator's key can produce (Ed25519 signing is deterministic)."""
-    return hub.key.sign(b"fedhub-xsrf").encode()
+        return None  # no such user (any more), or logged out of
+    name, admin, created = user[0]
+    iat = claims.get("iat")
+    if not isinstance(iat, int | float) or iat < aware(created).timestamp() - _CLOCK_SLACK:
+        return None  # a session of an earlier account of the same name
+    return Identity(name, admin, "session", session_id=sid)
 
 
 def require(hub: Hub, request: Request) -> Identity:
@@ -170,7 +186,7 @@ def require(hub: Hub, request: Request) -> Identity:
         raise Unauthorized("authentication required: log in or send 'Authorization: token ...'")
     if ident.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.headers.get("x-xsrftoken") or request.headers.get("x-fedhub-xsrf")
-        if sent is None or not hmac.compare_digest(sent, ident.xsrf(xsrf_secret(hub))):
+        if sent is None or not hmac.compare_digest(sent, ident.xsrf(hub.xsrf_secret)):
             raise Forbidden("missing or wrong X-XSRFToken header for a cookie-authenticated write")
     return ident
 

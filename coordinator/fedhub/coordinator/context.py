@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from fedhub.coordinator.db import xsrf_secret
 from fedhub.coordinator.errors import Conflict, Unavailable
 from fedhub.coordinator.projection import ProjectionRunner
 from fedhub.coordinator.settings import CoordinatorSettings
@@ -39,6 +41,11 @@ class Hub:
         engine = self.sessions.kw["bind"]
         assert isinstance(engine, Engine)
         return engine
+
+    @functools.cached_property
+    def xsrf_secret(self) -> bytes:
+        """The anti-forgery secret shared by every coordinator on this database."""
+        return xsrf_secret(self.engine)
 
     @property
     def actor(self) -> str:

@@ -4,7 +4,8 @@ password hashes that must never enter the log and is not a projection."""
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+import secrets
+from datetime import UTC, datetime
 from typing import Any, TypeVar, TypeVarTuple
 
 from sqlalchemy import (
@@ -89,6 +90,15 @@ class Token(Projected):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class EndedSession(Projected):
+    """A session its user logged out of: its cookie no longer authenticates, here or at
+    any edge proxy (which reads the same ``UserLoggedOut`` events)."""
+
+    __tablename__ = "ended_sessions"
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64))
+
+
 class Position(Projected):
     """The last stream sequence each consumer of this database applied."""
 
@@ -105,8 +115,9 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(256))
 
 
+XSRF_SECRET = "xsrf_secret"  # the Meta row holding it (never in the log)
 # Bump when a projection table changes: the tables are then rebuilt from the log on start.
-PROJECTION_VERSION = "4"
+PROJECTION_VERSION = "5"
 
 
 class Credential(Base):
@@ -154,7 +165,26 @@ def make_engine(url: str) -> Engine:
                 db.merge(Meta(key="projection_version", value=PROJECTION_VERSION))
                 db.flush()
         Projected.metadata.create_all(conn)
+        with Session(conn) as db:  # under the same lock: every coordinator gets one secret
+            if db.get(Meta, XSRF_SECRET) is None:
+                db.add(Meta(key=XSRF_SECRET, value=secrets.token_hex(32)))
+                db.flush()
     return engine
+
+
+def aware(value: datetime) -> datetime:
+    """``value`` with its zone: SQLite hands datetimes back without one (they are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def xsrf_secret(engine: Engine) -> bytes:
+    """The anti-forgery secret every coordinator sharing this database uses (created with
+    the tables): a page served by one coordinator may be posted to another."""
+    with Session(engine) as db:
+        meta = db.get(Meta, XSRF_SECRET)
+        if meta is None:
+            raise RuntimeError("the database has no XSRF secret: open it with make_engine")
+        return meta.value.encode()
 
 
 def _upsert(db: Session) -> Any:

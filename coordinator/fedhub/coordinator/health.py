@@ -15,7 +15,7 @@ import logging
 from datetime import UTC, datetime
 
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server, Site
+from fedhub.coordinator.db import Server, Site, aware
 from fedhub.coordinator.errors import Conflict, CoordinatorError
 from fedhub.coordinator.siteadmin import mark_lost
 from fedhub.coordinator.sites import SiteView, list_sites
@@ -47,10 +47,10 @@ async def check(hub: Hub, now: datetime | None = None) -> None:
             await _transition(hub, view, ev.SiteUnreachable(site=view.name,
                                                             last_seen=view.last_seen))
         elif view.status == "online" and away_since is not None:
-            away = (now - _aware(away_since)).total_seconds()
+            away = (now - aware(away_since)).total_seconds()
             await _transition(hub, view, ev.SiteReachable(site=view.name, away_seconds=away))
         elif away_since is not None:
-            away = (now - _aware(away_since)).total_seconds()
+            away = (now - aware(away_since)).total_seconds()
             if away > hub.settings.site_lost_after:
                 await _lose_servers(hub, view, away)
 
@@ -77,7 +77,3 @@ async def _lose_servers(hub: Hub, view: SiteView, away: float) -> None:
               f"(more than {int(hub.settings.site_lost_after)} s)")
     for user, server, spawn_id in active:
         await mark_lost(hub, user, server, view.name, spawn_id, reason, parent=parent)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

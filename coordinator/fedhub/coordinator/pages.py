@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from fedhub.coordinator import auth, servers, users
 from fedhub.coordinator.api import hub_of
-from fedhub.coordinator.auth import COOKIE, Identity, xsrf_secret
+from fedhub.coordinator.auth import COOKIE, Identity
 from fedhub.coordinator.db import Token
 from fedhub.coordinator.errors import Forbidden, NotFound
 from fedhub.coordinator.sites import SiteView, free_cpus, list_sites
@@ -44,7 +44,7 @@ def describe_free(site: SiteView) -> str:
 def render(request: Request, name: str, ident: Identity | None, status: int = 200,
            **context: Any) -> HTMLResponse:
     hub = hub_of(request)
-    xsrf = ident.xsrf(xsrf_secret(hub)) if ident and ident.via == "session" else ""
+    xsrf = ident.xsrf(hub.xsrf_secret) if ident and ident.via == "session" else ""
     return templates.TemplateResponse(request, name, {"user": ident, "xsrf": xsrf, **context},
                                       status_code=status)
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedhub.coordinator.db import (
     UNREACHABLE,
+    EndedSession,
     Position,
     Server,
     Site,
@@ -87,6 +88,8 @@ def apply(db: Session, item: StoredEvent, servers: ServerRows | None = None) -> 
             for key in [k for k in servers if k[0] == p.name]:
                 del servers[key]
         db.query(Token).filter(Token.user == p.name).update({"revoked": True})
+    elif isinstance(p, ev.UserLoggedOut):
+        db.merge(EndedSession(session_id=p.session_id, user=p.name))
     elif isinstance(p, ev.UserLoggedIn):
         if (u := db.get(User, p.name)) is not None:
             u.last_activity = when

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fedhub.coordinator.auth import set_password
+from fedhub.coordinator.auth import forget_password, set_password
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.db import Server, User, detached
+from fedhub.coordinator.db import Server, User, aware, detached
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
 from fedhub.schemas import subjects
 from fedhub.schemas.events import UserCreated, UserDeleted, UserUpdated
@@ -29,6 +29,8 @@ async def create_user(hub: Hub, raw: str, *, admin: bool, actor: str,
         raise Conflict(f"user {name} already exists")
     if password is not None:
         set_password(hub, name, password)  # validates before anything enters the log
+    else:
+        forget_password(hub, name)  # a deleted account's, which must not carry over
     await hub.emit(subjects.user(name), UserCreated(name=name, admin=admin), actor=actor,
                    expected_seq=last.seq if last else 0, wait=True)
     return get_user(hub, name)
@@ -36,7 +38,10 @@ async def create_user(hub: Hub, raw: str, *, admin: bool, actor: str,
 
 async def update_user(hub: Hub, name: str, *, admin: bool | None, password: str | None,
                       actor: str) -> User:
+    """Set user ``name``'s password and/or admin flag (None leaves it). ``name`` as in a URL:
+    normalized here, so ``Bob`` changes ``bob``. Raises NotFound, BadRequest."""
     user = get_user(hub, name)
+    name = user.name
     if password is not None:
         set_password(hub, name, password)
     if admin is not None and admin != user.admin:
@@ -51,6 +56,7 @@ async def delete_user(hub: Hub, name: str, *, actor: str) -> None:
     last = await hub.store.last(subjects.user(name))
     await hub.emit(subjects.user(name), UserDeleted(name=name), actor=actor,
                    expected_seq=last.seq if last else 0, wait=True)
+    forget_password(hub, name)  # the next account of this name must not log in with it
 
 
 def get_user(hub: Hub, raw: str) -> User:
@@ -95,6 +101,4 @@ def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z`` (SQLite hands datetimes back without a zone)."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return aware(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
