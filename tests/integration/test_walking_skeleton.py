@@ -273,6 +273,18 @@ def test_an_upload_that_asks_first_is_refused_before_it_is_sent(hub: Hub) -> Non
     assert b"request body larger than" in answer
 
 
+def test_a_chunked_upload_is_held_to_the_same_limit(hub: Hub) -> None:
+    # No Content-Length to refuse it by: the coordinator counts what arrives.
+    kim = make_user(hub, "kim")
+    r = kim.api("POST", "/users/kim/tokens", content=iter([b'{"note": ', b'"chunked"}']))
+    assert r.status_code == 201 and r.json()["note"] == "chunked", r.text
+    r = kim.api("POST", "/users/kim/tokens", content=iter([b" " * 65536] * 40))  # 2.5 MiB
+    assert r.status_code == 413, r.text
+    assert r.json()["message"] == "request body larger than 1048576 bytes"
+    tokens = kim.api("GET", "/users/kim/tokens").json()["api_tokens"]
+    assert [t["note"] for t in tokens] == ["chunked"]
+
+
 def test_malformed_events_are_skipped_by_every_consumer(hub: Hub) -> None:
     async def inject() -> None:
         store = await JetStreamStore.connect(hub.nats_url, create_streams=False)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import sessionmaker
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedhub.coordinator import api, health, pages, reactor
 from fedhub.coordinator.auth import issue_token
@@ -117,10 +117,11 @@ DISCARD_MAX = 64 * 1024 * 1024
 
 
 class BodyLimit:
-    """Answers 413 to a request that declares a body over ``limit`` bytes, before any
-    handler reads it. Plain ASGI: starlette's ``@app.middleware("http")`` runs every
-    request in a task of its own, which cost the coordinator about a tenth of a cheap
-    request's CPU."""
+    """Answers 413 to a request whose body is over ``limit`` bytes, before any handler
+    reads it: at once if it declares its length, else (chunked) once that many bytes have
+    arrived; a chunked body within the limit is read here and handed on whole. Plain ASGI:
+    starlette's ``@app.middleware("http")`` runs every request in a task of its own, which
+    cost the coordinator about a tenth of a cheap request's CPU."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -132,11 +133,60 @@ class BodyLimit:
             if length.isdigit() and int(length) > self.limit:
                 if _header(scope, b"expect").lower() != b"100-continue":
                     await _discard_body(receive, DISCARD_MAX)  # else the client waits for us
-                answer = JSONResponse({"status": 413, "message":
-                                       f"request body larger than {self.limit} bytes"}, 413)
-                await answer(scope, receive, send)
+                await self._refuse(scope, receive, send)
                 return
+            if not length and _header(scope, b"transfer-encoding"):
+                try:
+                    body = await _read_body(receive, self.limit)
+                except _ClientGone:
+                    return  # no one to answer; a handler must not see half a body
+                if body is None:
+                    await self._refuse(scope, receive, send)
+                    return
+                receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = JSONResponse({"status": 413, "message":
+                               f"request body larger than {self.limit} bytes"}, 413)
+        await answer(scope, receive, send)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before it had sent the whole body."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body of a request, or None if it passes ``limit`` bytes (the rest then
+    read and dropped like a declared oversized body's). Raises _ClientGone if the client
+    leaves before the end of a body within the limit."""
+    parts: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            if message.get("more_body"):  # the rest is dropped, as for a declared size
+                await _discard_body(receive, DISCARD_MAX - seen)
+            return None
+        parts.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` first, then whatever ``receive`` says (the
+    disconnect a streaming response waits for)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
