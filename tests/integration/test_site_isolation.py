@@ -7,7 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
+import nats as nats_client
 import pytest
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from fedhub.coordinator.natsauth import HUB_USER, AuthFile, inbox_prefix
 from fedhub.events.envelope import new_event
@@ -15,7 +19,7 @@ from fedhub.events.errors import ConsumerMismatch, StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
-from fedhub.schemas.events import ServerStarted, SiteHeartbeat, StartServer
+from fedhub.schemas.events import ServerStarted, SiteHeartbeat, StartServer, StopServer
 from tests.support.services import nats_server_with_auth
 
 pytestmark = pytest.mark.integration
@@ -115,3 +119,60 @@ async def test_a_site_cannot_read_another_sites_commands_or_the_whole_log(
 async def test_a_wrong_password_cannot_connect(nats: dict[str, str]) -> None:
     with pytest.raises(StoreUnavailable):
         await JetStreamStore.connect(nats["wrong"], create_streams=False, connect_timeout=5)
+
+
+async def test_a_site_cannot_repoint_another_sites_command_consumer(
+        nats: dict[str, str], hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    # Site B's agent has its durable consumer (created as the agent creates it).
+    site_b = await JetStreamStore.connect(nats["b"], create_streams=False,
+                                          inbox_prefix=inbox_prefix("site-b"))
+    try:
+        cmd = await hub.append(new_event(subjects.command("site-b", "stop"), StopServer(
+            user="bob", spawn_id="s2"), actor="coordinator", signer=KEY))
+        async with aclosing(site_b.consume(subjects.commands("site-b"),
+                                           durable="agent-site-b")) as it:
+            async for delivery in it:  # (earlier tests left commands for B: skip them)
+                await delivery.ack()
+                if delivery.seq == cmd:
+                    break
+        # Site A may create consumers of any name on its own subjects: asking for B's
+        # name would update B's consumer to read what A writes. The server refuses it.
+        nc = await nats_client.connect(nats["a"], inbox_prefix=inbox_prefix("site-a"))
+        try:
+            js = nc.jetstream()
+            for config in (
+                ConsumerConfig(name="agent-site-b", durable_name="agent-site-b",
+                               filter_subject=subjects.site_facts("site-a"),
+                               ack_policy=AckPolicy.EXPLICIT),
+                ConsumerConfig(durable_name="agent-site-b", ack_policy=AckPolicy.EXPLICIT),
+            ):
+                with pytest.raises((NatsTimeout, TimeoutError, NatsError)):
+                    await js.add_consumer("FEDHUB", config, timeout=3)
+        finally:
+            await nc.close()
+        # B's consumer still delivers B's commands, and only those.
+        forged = new_event(subjects.command("site-b", "stop"), StopServer(
+            user="alice", spawn_id="x"), actor="coordinator", signer=KEY)
+        await site_a.append_raw(subjects.site_server("site-a", "x", ""), forged.encode())
+        cmd = await hub.append(new_event(subjects.command("site-b", "stop"), StopServer(
+            user="bob", spawn_id="s3"), actor="coordinator", signer=KEY))
+        async with aclosing(site_b.consume(subjects.commands("site-b"),
+                                           durable="agent-site-b")) as it:
+            async for delivery in it:
+                assert delivery.seq == cmd and delivery.event.data["spawn_id"] == "s3"
+                await delivery.ack()
+                break
+    finally:
+        await site_b.close()
+
+
+async def test_an_envelope_stored_under_another_subject_is_skipped(
+        hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    # A site may write its own subjects, but not make what it writes pass for a command.
+    own = subjects.site_server("site-a", "mallory", "")
+    forged = new_event(subjects.command("site-b", "stop"), StopServer(
+        user="alice", spawn_id="x"), actor="coordinator", signer=KEY)
+    await site_a.append_raw(own, forged.encode())
+    honest = await site_a.append(new_event(own, started("site-a", "mallory"),
+                                           actor="site:site-a", signer=KEY))
+    assert [i.seq async for i in site_a.read(own)] == [honest]  # as its agent re-reads it

@@ -50,7 +50,6 @@ def site_permissions(site: str) -> dict[str, Any]:
             "$JS.FC.FEDHUB.>",
             f"{api}.DIRECT.GET.FEDHUB.fedhub.site.{t}.>",
             f"{api}.DIRECT.GET.FEDHUB.fedhub.key.>",
-            f"{api}.STREAM.INFO.FEDHUB",
             f"{api}.INFO",
         ]},
         "subscribe": {"allow": [f"{inbox_prefix(site)}.>"]},
@@ -120,12 +119,26 @@ def _hash(password: str) -> str:
 
 
 def render(users: dict[str, dict[str, Any]]) -> str:
-    """nats-server configuration for the users (JSON is valid nats-server syntax)."""
+    """nats-server configuration for the users (JSON is valid nats-server syntax).
+
+    Each site is also denied every other site's durable consumer: its own reads use
+    consumers of any name (``CONSUMER.CREATE.FEDHUB.*.<its subjects>``), and creating a
+    consumer under an existing name updates that consumer, filter included, so without
+    this a site could point another site's command consumer at subjects it writes."""
+    durables = {name: "agent-" + name.removeprefix("site-") for name, entry in users.items()
+                if entry.get("permissions") and name.startswith("site-")}
     entries = []
     for name, entry in sorted(users.items()):
         item: dict[str, Any] = {"user": name, "password": entry["hash"]}
         if entry.get("permissions"):
-            item["permissions"] = entry["permissions"]
+            permissions = json.loads(json.dumps(entry["permissions"]))
+            others = sorted(d for user, d in durables.items() if user != name)
+            if others:
+                permissions["publish"]["deny"] = [
+                    f"$JS.API.CONSUMER.{verb}.FEDHUB.{d}{tail}" for d in others
+                    for verb, tail in (("CREATE", ".>"), ("CREATE", ""), ("DURABLE.CREATE", ""),
+                                       ("DELETE", ""))]
+            item["permissions"] = permissions
         entries.append(item)
     return "authorization: " + json.dumps({"users": entries}, indent=1) + "\n"
 

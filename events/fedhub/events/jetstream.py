@@ -230,7 +230,14 @@ class JetStreamStore:
         return int(info.state.last_seq)
 
     def _decoded(self, msg: Msg) -> StoredEvent | None:
-        return _stored(int(msg.metadata.sequence.stream), msg.data, msg.subject)
+        item = _stored(int(msg.metadata.sequence.stream), msg.data, msg.subject)
+        if item is not None and item.event.subject != msg.subject:
+            # Every append is stored under its envelope's subject: one that is not was
+            # written by someone else, e.g. a site copying a command onto its own subject.
+            log.warning("skipping message %d on %s: its envelope names %s", item.seq,
+                        msg.subject, item.event.subject[:200])
+            return None
+        return item
 
     async def _ordered(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
