@@ -10,8 +10,9 @@ import pytest
 
 from fedhub.events.envelope import new_event
 from fedhub.events.jetstream import JetStreamStore
+from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
-from fedhub.schemas.events import StartServer, StopServer
+from fedhub.schemas.events import KeyPublished, StartServer, StopServer
 from fedhub.site_agent.agent import SiteAgent
 from fedhub.site_agent.backends.local import LocalProcessBackend
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -36,15 +37,19 @@ async def test_agent_starts_and_stops_a_real_server(nats_url: str, tmp_path: Pat
     store = await JetStreamStore.connect(nats_url)
     backend = LocalProcessBackend(tmp_path, jupyter_command=[sys.executable, "-m", "jupyterlab"])
     agent = SiteAgent(settings, store, backend)
+    coordinator = SigningKey.generate()  # commands count only with a coordinator's signature
+    await store.append(new_event(subjects.key(coordinator.kid), KeyPublished(
+        kid=coordinator.kid, public_key=coordinator.public_b64, role="coordinator",
+        name="c"), actor="coordinator:c", signer=coordinator))
     try:
         await agent.start()
         start = StartServer(user="alice", spawn_id="s1", prefix="/user/alice/")
         await store.append(new_event(subjects.command("local", "start"), start,
-                                     actor="coordinator", signer=None))
+                                     actor="coordinator", signer=coordinator))
         assert await _until(store, "ServerStarted") == ["ServerSubmitted", "ServerStarted"]
         stop = StopServer(user="alice", spawn_id="s1")
         await store.append(new_event(subjects.command("local", "stop"), stop,
-                                     actor="coordinator", signer=None))
+                                     actor="coordinator", signer=coordinator))
         assert (await _until(store, "ServerStopped"))[-1] == "ServerStopped"
         assert agent.servers == {}
     finally:

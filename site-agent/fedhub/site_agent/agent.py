@@ -15,7 +15,7 @@ from contextlib import aclosing
 from typing import Any
 
 from fedhub.events.envelope import Envelope
-from fedhub.events.errors import EventLogError
+from fedhub.events.errors import EventLogError, StoreUnavailable
 from fedhub.events.lanes import Lanes
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import Delivery, EventStore
@@ -37,7 +37,7 @@ from fedhub.site_agent.backends.base import Backend, Checkpoint, JobReport, JobS
 from fedhub.site_agent.commands import AckOnce, spec_from_command
 from fedhub.site_agent.errors import BackendError, InvalidCommand
 from fedhub.site_agent.heartbeat import beat_forever
-from fedhub.site_agent.keys import TrustedKeysFile
+from fedhub.site_agent.keys import KeyBook
 from fedhub.site_agent.publisher import Publisher
 from fedhub.site_agent.servers import ServerRecord, Stage
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
 CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
 HEALTHY_RUN = 60.0  # seconds of good running after which a failure is a first one again
+RETRY_COMMAND_AFTER = 5.0  # seconds before a command the log failed during comes again
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
 
 
@@ -61,7 +62,7 @@ class SiteAgent:
         self.backend = backend
         self.key = key or SigningKey.load_or_create(settings.key_path)
         self.publisher = Publisher(store, self.key, self.site)
-        self.trusted = TrustedKeysFile(settings.trusted_keys_path)
+        self.keys = KeyBook(settings.trusted_keys_path)
         self.tunnels = (TunnelManager(self.site, self.key, store,
                                       keepalive=settings.tunnel_keepalive)
                         if settings.tunnel else None)
@@ -85,9 +86,10 @@ class SiteAgent:
             site=self.site, backend=self.backend.name, agent_id=self.settings.agent_id,
             capacity=self.backend.capacity(),
             options=[o.model_dump(mode="json") for o in self.backend.options()]))
+        await self.keys.read(self.store)  # commands are checked against these
         await self.adopt()
         self._loops = [
-            self._supervised("keys", lambda: self.trusted.follow(self.store)),
+            self._supervised("keys", lambda: self.keys.follow(self.store)),
             self._supervised("commands", self._consume),
             self._supervised("monitor", self._monitor_forever),
             self._supervised("heartbeat", lambda: beat_forever(
@@ -167,6 +169,10 @@ class SiteAgent:
     async def _handle_logged(self, delivery: Delivery) -> None:
         try:
             await self.handle(delivery)
+        except StoreUnavailable as exc:  # the command is not lost: it comes back later
+            log.warning("command %s postponed %.0f s: the log is unavailable (%s)",
+                        delivery.event.id, RETRY_COMMAND_AFTER, exc)
+            await AckOnce(delivery).nak(RETRY_COMMAND_AFTER)
         except Exception:
             log.exception("command %s failed", delivery.event.id)
             await AckOnce(delivery)()
@@ -174,9 +180,12 @@ class SiteAgent:
     async def handle(self, delivery: Delivery) -> None:
         """Act on one command; acks it when handled (a start: once submitted or failed).
 
-        Malformed, unknown and duplicate commands are logged, acked and skipped.
+        Malformed, unknown and duplicate commands, and any not signed by a coordinator,
+        are logged, acked and skipped.
         """
         env, ack = delivery.event, AckOnce(delivery)
+        if not await self.keys.from_coordinator(env, self.store):
+            return await ack()
         try:
             cmd = env.payload()
         except EventLogError as exc:
@@ -293,6 +302,10 @@ class SiteAgent:
                 user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
                 progress=100, reason="server was not running at this site",
                 message="Server stopped"), parent=env.id, purpose="stopped")
+        except StoreUnavailable as exc:
+            log.warning("stop %s postponed %.0f s: the log is unavailable (%s)", env.id,
+                        RETRY_COMMAND_AFTER, exc)
+            await ack.nak(RETRY_COMMAND_AFTER)
         finally:
             await ack()
 

@@ -58,3 +58,15 @@ class AckOnce:
             await delivery.ack()
         except Exception as exc:  # the store decides; redelivery is handled as a duplicate
             log.warning("cannot ack command %d: %s", delivery.seq, exc)
+
+    async def nak(self, delay: float) -> None:
+        """Hand the delivery back, to come again after ``delay`` seconds, unless it was
+        acked already; later calls do nothing. Never raises (if the store cannot take it
+        back now, it redelivers the command once its ack wait runs out)."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is None:
+            return
+        try:
+            await delivery.nak(delay)
+        except Exception as exc:
+            log.warning("cannot hand command %d back: %s", delivery.seq, exc)

@@ -1,4 +1,5 @@
-"""The edge proxies' public keys, kept in a file that every single-user server reads."""
+"""The keys the agent trusts: the coordinators' (every command must carry one's signature)
+and the edge proxies' (kept in a file that every single-user server reads)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import aclosing
 from pathlib import Path
 
+from fedhub.events.enroll import COORDINATOR, enroll
 from fedhub.events.envelope import Envelope
-from fedhub.events.errors import EventLogError, InvalidSignature
+from fedhub.events.errors import EventLogError
 from fedhub.events.signing import KeyRing
-from fedhub.events.store import EventStore
+from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import subjects
-from fedhub.schemas.events import KeyPublished
 
 log = logging.getLogger(__name__)
 TRUSTED_ROLE = "edge-proxy"
@@ -33,42 +35,64 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-class TrustedKeysFile:
-    """Folds ``KeyPublished`` events into ``trusted-keys.json`` (edge-proxy keys only).
+class KeyBook:
+    """The log's key events folded by ``fedhub.events.enroll`` (the rule every consumer of
+    the log shares: coordinator and edge-proxy keys signed by themselves, site keys
+    enrolled by a coordinator, revocations by a coordinator). The edge-proxy keys are
+    written to ``trusted-keys.json`` whenever they change."""
 
-    A key is trusted only if its event is signed by that very key (proof of possession);
-    who may publish on ``fedhub.key.>`` at all is enforced by the NATS permissions.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, trusted_path: Path) -> None:
         self.ring = KeyRing()
-        write_atomic(self.path, json.dumps(self.ring.as_dict()))
+        self.path = trusted_path
+        self._written: dict[str, dict[str, str]] | None = None
+        self._seq = 0  # the last key event read in order (where a restarted follow resumes)
+        self._write()
 
-    def apply(self, env: Envelope) -> bool:
-        """Enroll the key an event publishes; True if the file changed. Never raises."""
-        try:
-            key: KeyPublished = env.payload_as(KeyPublished)
-        except EventLogError as exc:
-            log.warning("ignoring event %s on %s: %s", env.id, env.subject, exc)
-            return False
-        if key.role != TRUSTED_ROLE or self.ring.get(key.kid) is not None:
-            return False
-        candidate = KeyRing()
-        try:
-            candidate.add(key.kid, key.public_key, key.role, key.name)
-            if env.kid != key.kid:
-                raise InvalidSignature("not signed by the key it publishes")
-            env.verify(candidate, frozenset({TRUSTED_ROLE}))
-        except (InvalidSignature, ValueError) as exc:
-            log.warning("not trusting key %s of %s: %s", key.kid, key.name, exc)
-            return False
-        self.ring.add(key.kid, key.public_key, key.role, key.name)
-        write_atomic(self.path, json.dumps(self.ring.as_dict(), indent=1))
-        log.info("trusting edge proxy %s (key %s)", key.name, key.kid)
-        return True
+    def apply(self, item: StoredEvent) -> bool:
+        """Fold one key event; True if the ring changed. Never raises."""
+        changed = enroll(self.ring, item)
+        if changed:
+            self._write()
+        return changed
+
+    async def read(self, store: EventStore) -> None:
+        """Apply every key event in the log now (before any command is checked)."""
+        async with aclosing(store.read(subjects.key("*"), start=self._seq + 1)) as items:
+            async for item in items:
+                self.apply(item)
+                self._seq = item.seq
 
     async def follow(self, store: EventStore) -> None:
-        """Apply every key event in the log, then new ones as they come (runs forever)."""
-        async for item in store.follow(subjects.key("*")):
-            self.apply(item.event)
+        """Apply the key events after those read, as they come (runs forever)."""
+        async with aclosing(store.follow(subjects.key("*"), start=self._seq + 1)) as items:
+            async for item in items:
+                self.apply(item)
+                self._seq = item.seq
+
+    async def from_coordinator(self, env: Envelope, store: EventStore) -> bool:
+        """True if an enrolled coordinator key signed ``env`` (a command); else logs why.
+
+        A key not seen yet (a coordinator that started after the last key event read) is
+        looked up in the log first. Only the hub's credential may publish keys, and sites
+        cannot sign as a coordinator: a site that makes a message reach another site's
+        agent cannot make it act."""
+        if env.kid is not None and self.ring.get(env.kid) is None:
+            last = await store.last(subjects.key(env.kid))
+            if last is not None:
+                self.apply(last)
+        try:
+            env.verify(self.ring, COORDINATOR)
+        except EventLogError as exc:
+            log.warning("refusing %s %s on %s: %s", env.type, env.id, env.subject, exc)
+            return False
+        return True
+
+    def _write(self) -> None:
+        proxies = {kid: entry for kid, entry in self.ring.as_dict().items()
+                   if entry["role"] == TRUSTED_ROLE}
+        if proxies == self._written:
+            return
+        write_atomic(self.path, json.dumps(proxies, indent=1))
+        for kid in proxies.keys() - (self._written or {}).keys():
+            log.info("trusting edge proxy %s (key %s)", proxies[kid]["name"], kid)
+        self._written = proxies

@@ -35,17 +35,20 @@ from fedhub.events.signing import KeyRing, b64d
 HEADER = "X-Fedhub-Assertion"
 ROLES = frozenset({"edge-proxy"})
 MAX_LIFETIME = 600.0  # seconds; an assertion claiming to live longer is refused
+RECHECK = 1.0  # seconds between looks at the trusted keys file for changes
 
 log = logging.getLogger(__name__)
 
 
 class TrustedKeys:
-    """The key ring from a JSON file, reloaded when it changed and an unknown kid arrives."""
+    """The key ring from a JSON file, reloaded when it changed: looked at when an unknown
+    kid arrives, and otherwise at most every ``RECHECK`` seconds."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.ring = KeyRing()
         self._mtime: float | None = None
+        self._checked = time.monotonic()
         self.reload()
 
     def reload(self) -> bool:
@@ -72,7 +75,11 @@ class TrustedKeys:
     def decode(self, token: str) -> dict[str, Any]:
         """Verify an assertion; raise InvalidToken if it is not valid now."""
         kid = _peek_kid(token)
-        if kid is not None and self.ring.get(kid) is None:
+        now = time.monotonic()
+        # An unknown kid may be a new proxy; and at most a second after the agent drops
+        # a revoked key from the file, this server stops trusting it too.
+        if (kid is not None and self.ring.get(kid) is None) or now - self._checked >= RECHECK:
+            self._checked = now
             self.reload()
         claims = self.ring.decode_token(token, typ="assertion", roles=ROLES)
         exp = claims.get("exp")
@@ -86,7 +93,7 @@ class TrustedKeys:
 def _peek_kid(token: str) -> str | None:
     try:
         claims = json.loads(b64d(token.split(".", 1)[0]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     kid = claims.get("kid") if isinstance(claims, dict) else None
     return kid if isinstance(kid, str) else None

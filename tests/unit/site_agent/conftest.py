@@ -10,8 +10,9 @@ import pytest
 
 from fedhub.events.envelope import Envelope, new_event
 from fedhub.events.memory import MemoryStore
+from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
-from fedhub.schemas.events import Payload, StartServer, StopServer
+from fedhub.schemas.events import KeyPublished, Payload, StartServer, StopServer
 from fedhub.schemas.names import server_prefix
 from fedhub.site_agent.agent import SiteAgent
 from fedhub.site_agent.settings import SiteAgentSettings
@@ -25,9 +26,22 @@ def settings(tmp_path: Path) -> SiteAgentSettings:
                              poll_interval=0.05, agent_id="test-agent")
 
 
+# The coordinator whose signature every command needs; its key is in every test's log.
+COORDINATOR = SigningKey.generate()
+
+
+def key_published(key: SigningKey, role: str = "coordinator", name: str = "c1") -> Envelope:
+    """The self-signed event with which a hub component publishes its key."""
+    return new_event(subjects.key(key.kid), KeyPublished(
+        kid=key.kid, public_key=key.public_b64, role=role, name=name),
+        actor=f"{role}:{name}", signer=key)
+
+
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+async def store() -> MemoryStore:
+    made = MemoryStore()
+    await made.append(key_published(COORDINATOR))
+    return made
 
 
 @pytest.fixture
@@ -57,7 +71,7 @@ def stop_cmd(user: str = "alice", server: str = "", spawn_id: str = "s1") -> Sto
 
 async def send(store: MemoryStore, payload: Payload, site: str = "hpc") -> Envelope:
     env = new_event(subjects.command(site, payload.TYPE.lower()), payload,
-                    actor="coordinator", signer=None)
+                    actor="coordinator", signer=COORDINATOR)
     await store.append(env)
     return env
 

@@ -6,13 +6,17 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable
 
+import pytest
+
 from fedhub.events.envelope import new_event
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import KeyRing, SigningKey
 from fedhub.events.store import Delivery, StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     KeyPublished,
+    KeyRevoked,
     ServerFailed,
     ServerStarted,
     ServerStopped,
@@ -20,10 +24,20 @@ from fedhub.schemas.events import (
     SiteHeartbeat,
     StartServer,
 )
+from fedhub.site_agent import agent as agent_module
 from fedhub.site_agent.agent import SiteAgent
 from fedhub.site_agent.settings import SiteAgentSettings
 
-from .conftest import send, server_events, start_cmd, stop_cmd, wait_events, wait_for
+from .conftest import (
+    COORDINATOR,
+    key_published,
+    send,
+    server_events,
+    start_cmd,
+    stop_cmd,
+    wait_events,
+    wait_for,
+)
 from .fakes import FakeBackend
 
 MakeAgent = Callable[[FakeBackend], SiteAgent]
@@ -295,6 +309,7 @@ async def test_a_slow_command_for_one_server_does_not_hold_up_another(
             return await super().last(subject)
 
     store = SlowForAlice()
+    await store.append(key_published(COORDINATOR))
     agent = SiteAgent(settings, store, FakeBackend())
     await agent.start()
     try:
@@ -329,6 +344,7 @@ async def test_a_failing_command_feed_does_not_abandon_commands_being_handled(
                 raise TimeoutError("the feed hiccuped")  # e.g. a fetch timing out
 
     store = FlakyFeed()
+    await store.append(key_published(COORDINATOR))
     agent = SiteAgent(settings, store, FakeBackend())
     await agent.start()
     try:
@@ -339,3 +355,66 @@ async def test_a_failing_command_feed_does_not_abandon_commands_being_handled(
         assert cancelled == []
     finally:
         await agent.close()
+
+
+async def test_only_commands_a_coordinator_signed_are_obeyed(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    site_key, proxy_key = SigningKey.generate(), SigningKey.generate()
+    await store.append(key_published(proxy_key, role="edge-proxy", name="p1"))
+    for signer in (None, site_key, proxy_key):  # unsigned, an unknown key, the wrong role
+        await store.append(new_event(subjects.command("hpc", "start"), start_cmd(),
+                                     actor="coordinator", signer=signer))
+    # A coordinator that starts after the agent read the keys is recognised at once.
+    late = SigningKey.generate()
+    await store.append(key_published(late, name="c2"))
+    await store.append(new_event(subjects.command("hpc", "start"),
+                                 start_cmd(user="bob", spawn_id="s9"), actor="coordinator",
+                                 signer=late))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+    assert [spec.user for spec in backend.started] == ["bob"]
+    assert await server_events(store) == []  # alice's forged starts did nothing
+
+
+async def test_a_revoked_edge_proxy_key_leaves_the_trusted_keys_file(
+        settings: SiteAgentSettings, store: MemoryStore, make_agent: MakeAgent) -> None:
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    proxy = SigningKey.generate()
+    await store.append(key_published(proxy, role="edge-proxy", name="p1"))
+    path = settings.trusted_keys_path
+    await wait_for(lambda: proxy.kid in json.loads(path.read_text()))
+    await store.append(new_event(subjects.key(proxy.kid), KeyRevoked(kid=proxy.kid),
+                                 actor="coordinator", signer=COORDINATOR))
+    await wait_for(lambda: proxy.kid not in json.loads(path.read_text()))
+    # A restarted agent, reading the whole log, does not trust it again either.
+    second = make_agent(FakeBackend())
+    path.unlink()
+    await second.start()
+    assert json.loads(path.read_text()) == {}
+
+
+async def test_a_command_that_meets_an_unavailable_log_comes_back_later(
+        store: MemoryStore, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "RETRY_COMMAND_AFTER", 0.05)
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    real_last = store.last
+    failures = 0
+
+    async def flaky_last(subject: str) -> StoredEvent | None:
+        nonlocal failures
+        if subject.startswith("fedhub.site.") and failures < 2:  # the start's, the stop's
+            failures += 1
+            raise StoreUnavailable("no servers available")
+        return await real_last(subject)
+
+    monkeypatch.setattr(store, "last", flaky_last)
+    await send(store, start_cmd())
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd(user="bob"))  # not running here: answered once the log is back
+    await wait_events(store, ["ServerStopped"], user="bob")
+    assert failures == 2 and [spec.user for spec in backend.started] == ["alice"]
