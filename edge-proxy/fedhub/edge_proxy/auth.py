@@ -70,6 +70,9 @@ class Authenticator:
                 self._cache.clear()
             self._cache[key] = claims
         else:
+            if self._state.keyring.get(claims["kid"]) is None:  # revoked since it was cached
+                del self._cache[key]
+                raise InvalidToken(f"unknown signing key {claims['kid']}")
             exp = claims.get("exp")
             if exp is not None and exp < now:
                 del self._cache[key]

@@ -66,7 +66,7 @@ class Exchange:
     """Forwards one request; ``begin`` once, then the client and the upstream drive it."""
 
     __slots__ = (
-        "accept", "client", "client_paused", "conn", "connecting", "done",
+        "accept", "bodiless", "client", "client_paused", "conn", "connecting", "done",
         "head_request", "last", "piping", "plan", "req_done", "req_remaining",
         "req_scanner", "resp_buf", "resp_close", "resp_remaining", "resp_reusable",
         "resp_scanner", "resp_started", "resp_until_close", "retried", "reused",
@@ -84,6 +84,9 @@ class Exchange:
         self.req_remaining = framing.length
         self.req_scanner = ChunkedScanner() if framing.chunked else None
         self.req_done = not framing.length and not framing.chunked
+        # Only a request without a body is sent again on a fresh connection: the body of
+        # one is forwarded as it arrives and not kept.
+        self.bodiless = self.req_done
         self.conn: Connection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.reused = False
@@ -404,7 +407,7 @@ class Exchange:
                 log.info("%s closed the connection mid-response", self.plan.label)
                 self.client.abort()
                 self.abort()
-        elif (self.reused and not self.retried and not self.resp_buf and self._replayable()
+        elif (self.reused and not self.retried and not self.resp_buf and self.bodiless
               and self.plan.address is not None):
             # A pooled connection the upstream closed just before we used it: try a fresh one.
             # (Not for tunnels: a bridge closes only when its tunnel failed; report that.)
@@ -412,9 +415,6 @@ class Exchange:
             self.connecting = asyncio.ensure_future(self._connect(self.plan.address))
         else:
             self.fail(UpstreamProtocolError("the server closed the connection"))
-
-    def _replayable(self) -> bool:
-        return self.req_scanner is None and not self.req_remaining and self.req_done
 
     def fail(self, exc: UpstreamError) -> None:
         """Answer the client with the error page for ``exc`` (no response was relayed)."""

@@ -27,11 +27,18 @@ WEBSOCKET_HANDSHAKE = frozenset({
 _ASSERTION = ASSERTION_HEADER.lower()
 
 
+# Named in ``Connection``, these still cross: they frame the message or say where it goes.
+# Dropping Content-Length while forwarding the body it announced would make the body the
+# next request on a pooled upstream connection, which another user's request then follows.
+END_TO_END = frozenset({"content-length", "host"})
+
+
 def connection_tokens(value: str | None) -> frozenset[str]:
-    """The lowercase header names a ``Connection`` header value lists."""
+    """The lowercase header names a ``Connection`` header value lists as hop-by-hop
+    (``END_TO_END`` ones never are)."""
     if not value:
         return frozenset()
-    return frozenset(t.strip().lower() for t in value.split(","))
+    return frozenset(t.strip().lower() for t in value.split(",")) - END_TO_END
 
 
 def upstream_pairs(

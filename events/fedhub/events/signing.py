@@ -180,7 +180,7 @@ class KeyRing:
         try:
             body, sig = token.split(".", 1)
             claims = json.loads(b64d(body))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # "[[[[..." too
             raise InvalidToken("malformed token") from exc
         if not isinstance(claims, dict) or not isinstance(claims.get("kid"), str):
             raise InvalidToken("malformed token")

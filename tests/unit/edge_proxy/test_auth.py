@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -14,7 +15,10 @@ from fedhub.edge_proxy.auth import (
 )
 from fedhub.edge_proxy.state import ProxyState
 from fedhub.events.errors import InvalidToken
-from tests.unit.edge_proxy.factories import World, fold
+from fedhub.events.signing import SigningKey
+from fedhub.schemas import subjects
+from fedhub.schemas.events import KeyRevoked
+from tests.unit.edge_proxy.factories import World, fold, key_event
 
 
 @pytest.fixture
@@ -112,3 +116,22 @@ def test_cookie_and_header_parsing() -> None:
     assert authorization_token("token abc") == "abc"
     assert authorization_token("Bearer abc") == "abc"
     assert authorization_token("Basic abc") is None
+
+
+def test_a_cached_session_dies_with_its_coordinators_key(
+        world: World, auth: Authenticator, state: ProxyState) -> None:
+    token = world.session("alice")
+    assert auth.identify(token, "session").user == "alice"  # now cached
+    second = SigningKey.generate()  # another coordinator revokes the first one's key
+    fold([key_event(second, "coordinator", "hub2"),
+          world.signed(subjects.key(world.coordinator.kid),
+                       KeyRevoked(kid=world.coordinator.kid), signer=second)], state)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        auth.identify(token, "session")
+
+
+@pytest.mark.parametrize("typ", ["session", "api"])
+def test_a_deeply_nested_token_is_refused_not_a_crash(auth: Authenticator, typ: str) -> None:
+    token = base64.urlsafe_b64encode(b"[" * 100_000).decode().rstrip("=") + ".x"
+    with pytest.raises(InvalidToken, match="malformed"):
+        auth.identify(token, typ)

@@ -296,6 +296,58 @@ async def test_closed_pooled_connection_is_retried(proxy: EdgeProxy, upstream: S
     assert len(upstream.heads) == 5
 
 
+async def _echo_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+    """Answers with the body the head's Content-Length announced (none without one)."""
+    lines = head.decode("latin-1").lower().split("\r\n")
+    length = next((int(v) for n, _, v in (ln.partition(":") for ln in lines)
+                   if n == "content-length"), 0)
+    body = await reader.readexactly(length)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    return True
+
+
+async def test_content_length_named_in_connection_still_frames_the_body(
+        proxy: EdgeProxy, upstream: Scripted) -> None:
+    # Dropping it as hop-by-hop would leave the body on the pooled upstream connection,
+    # to be read there as the next request, with the next user's request behind it.
+    upstream.handler = _echo_body
+    smuggled = b"GET /user/alice/smuggled HTTP/1.1\r\nX: "
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/post", proxy, b"Connection: keep-alive, Content-Length\r\n"
+                     b"Content-Length: %d\r\n" % len(smuggled), b"POST") + smuggled)
+    status, _, body = await read_response(reader)
+    assert (status, body) == (200, smuggled)  # the server got it as the POST's body
+    writer.write(get("/user/alice/next", proxy))
+    assert (await read_response(reader))[:1] == (200,)
+    assert [h.split(b" ", 2)[1] for h in upstream.heads] == [b"/user/alice/post",
+                                                             b"/user/alice/next"]
+
+
+async def test_a_request_with_a_body_is_not_resent_on_a_fresh_connection(
+        proxy: EdgeProxy, upstream: Scripted) -> None:
+    # Its body went out as it arrived and is not kept: sending the head again alone would
+    # leave the server waiting for a body that never comes (and the user for a 504).
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  head: bytes) -> bool:
+        if writer in answered:
+            return False
+        answered.add(writer)
+        return await _echo_body(reader, writer, head)
+
+    upstream.handler = once_per_connection
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/first", proxy))
+    assert (await read_response(reader))[:1] == (200,)
+    writer.write(get("/user/alice/save", proxy, b"Content-Length: 5\r\n", b"PUT") + b"hello")
+    status, _, body = await read_response(reader)
+    assert status == 502 and b"answered badly" in body  # at once, not a 504 much later
+    assert upstream.connections == 1  # not sent again without its body
+
+
 async def test_backpressure_pauses_the_upstream(proxy: EdgeProxy, upstream: Scripted) -> None:
     size = 64 * 1024 * 1024
     sent = 0
