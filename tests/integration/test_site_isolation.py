@@ -4,8 +4,10 @@ server itself (issue 3). Site A tries to act as site B and to read what is not i
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from pathlib import Path
 
 import nats as nats_client
 import pytest
@@ -13,7 +15,10 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from fedhub.coordinator.app import open_hub
 from fedhub.coordinator.natsauth import HUB_USER, AuthFile, inbox_prefix
+from fedhub.coordinator.settings import CoordinatorSettings
+from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.events.envelope import new_event
 from fedhub.events.errors import ConsumerMismatch, StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
@@ -176,3 +181,37 @@ async def test_an_envelope_stored_under_another_subject_is_skipped(
     honest = await site_a.append(new_event(own, started("site-a", "mallory"),
                                            actor="site:site-a", signer=KEY))
     assert [i.seq async for i in site_a.read(own)] == [honest]  # as its agent re-reads it
+
+
+async def test_a_consumer_squatting_a_new_sites_name_is_removed_when_the_site_is_added(
+        nats: dict[str, str], hub: JetStreamStore, site_a: JetStreamStore) -> None:
+    # Before site C exists, A may create a consumer under the name C's agent will use.
+    squat = subjects.command_consumer("site-c")
+    nc = await nats_client.connect(nats["a"], inbox_prefix=inbox_prefix("site-a"))
+    try:
+        await nc.jetstream().add_consumer("FEDHUB", ConsumerConfig(
+            name=squat, durable_name=squat, filter_subject=subjects.site_facts("site-a"),
+            ack_policy=AckPolicy.EXPLICIT), timeout=5)
+    finally:
+        await nc.close()
+    with pytest.raises(ConsumerMismatch):  # C's agent could not take its commands
+        async with aclosing(hub.consume(subjects.commands("site-c"), durable=squat)) as it:
+            async for _ in it:
+                break
+    # Enrolling C (as ``fedhub site add`` does) removes it first.
+    with tempfile.TemporaryDirectory() as data:
+        coordinator = await open_hub(CoordinatorSettings(data_dir=Path(data)), hub)
+        following = asyncio.create_task(coordinator.projection.run())
+        try:
+            await enroll_site(coordinator, "site-c", backend="local",
+                              public_key=SigningKey.generate().public_b64, weight=1,
+                              description="", actor="test")
+        finally:
+            following.cancel()
+    cmd = await hub.append(new_event(subjects.command("site-c", "start"), StartServer(
+        user="carol", spawn_id="s1", prefix="/user/carol/"), actor="coordinator", signer=KEY))
+    async with aclosing(hub.consume(subjects.commands("site-c"), durable=squat)) as it:
+        async for delivery in it:
+            await delivery.ack()
+            if delivery.seq == cmd:
+                break

@@ -19,6 +19,7 @@ from typing import Any
 import bcrypt
 
 from fedhub.schemas.names import subject_token
+from fedhub.schemas.subjects import command_consumer
 
 HUB_USER = "hub"
 
@@ -34,7 +35,7 @@ def inbox_prefix(site: str) -> str:
 def site_permissions(site: str) -> dict[str, Any]:
     """What a site's credential may do, as nats-server permissions."""
     t = subject_token(site)
-    durable = f"agent-{t}"
+    durable = command_consumer(site)
     api = "$JS.API"
     return {
         "publish": {"allow": [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Server, Site
 from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
@@ -13,6 +15,7 @@ from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 from fedhub.schemas.names import InvalidName, normalize_user_name
 
+log = logging.getLogger(__name__)
 BACKENDS = frozenset({"local", "slurm", "docker", "ssh", "htcondor"})
 
 
@@ -43,6 +46,12 @@ async def enroll_site(hub: Hub, raw: str, *, backend: str, public_key: str, weig
     with hub.sessions() as db:
         if db.get(Site, name) is not None:
             raise Conflict(f"site {name} is already enrolled; remove it first to re-enroll")
+    # A consumer of this name is either another site's squatting (a site may create
+    # consumers of any name not yet a site's) or what a removed site of the same name left
+    # behind: either way not this site's. Its agent creates its own on first use.
+    if await hub.store.delete_consumer(subjects.command_consumer(name)):
+        log.warning("removed a leftover consumer %s before enrolling site %s",
+                    subjects.command_consumer(name), name)
     last = await hub.store.last(subjects.site(name))
     await hub.emit(subjects.site(name), ev.SiteRegistered(
         name=name, backend=backend, description=description[:512], weight=weight),

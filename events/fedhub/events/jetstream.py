@@ -407,6 +407,14 @@ class JetStreamStore:
             except NatsError:
                 pass
 
+    async def delete_consumer(self, durable: str) -> bool:
+        try:
+            return bool(await self._js.delete_consumer(self._stream, durable))
+        except NotFoundError:
+            return False
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"cannot delete consumer {durable}: {exc}") from exc
+
     async def put_health(self, subject: str, data: bytes) -> None:
         try:
             await self._js.publish(subject, data, stream=HEALTH_STREAM, timeout=5)

@@ -138,6 +138,9 @@ class MemoryStore:
         for seq in seqs:
             yield seq, self._messages[seq - 1].data
 
+    async def delete_consumer(self, durable: str) -> bool:
+        return self._consumers.pop(durable, None) is not None
+
     async def consume(
         self, subjects: str, *, durable: str
     ) -> AsyncGenerator[_MemoryDelivery, None]:

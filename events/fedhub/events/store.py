@@ -95,6 +95,12 @@ class EventStore(Protocol):
         """
         ...
 
+    async def delete_consumer(self, durable: str) -> bool:
+        """Remove the durable consumer ``durable`` and what it has not acked (its next
+        ``consume`` starts afresh); False if there was none. Idempotent. Raises
+        StoreUnavailable."""
+        ...
+
     async def put_health(self, subject: str, data: bytes) -> None:
         """Record a heartbeat outside the log; only the latest per subject is kept."""
         ...

@@ -86,6 +86,11 @@ def commands(site_name: str) -> str:
     return f"{ROOT}.cmd.{subject_token(site_name)}.>"
 
 
+def command_consumer(site_name: str) -> str:
+    """Name of the durable consumer through which one site's agent takes its commands."""
+    return f"agent-{subject_token(site_name)}"
+
+
 def key(kid: str) -> str:
     """Subject where a component publishes its public signing key."""
     return f"{ROOT}.key.{kid}"

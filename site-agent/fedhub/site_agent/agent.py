@@ -31,7 +31,7 @@ from fedhub.schemas.events import (
     StartServer,
     StopServer,
 )
-from fedhub.schemas.names import server_key, subject_token
+from fedhub.schemas.names import server_key
 from fedhub.site_agent.adoption import find_orphans
 from fedhub.site_agent.backends.base import Backend, Checkpoint, JobReport, JobStatus, Phase
 from fedhub.site_agent.commands import AckOnce, spec_from_command
@@ -158,7 +158,7 @@ class SiteAgent:
     # -- commands --------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        durable = f"agent-{subject_token(self.site)}"
+        durable = subjects.command_consumer(self.site)
         # The lanes outlive this loop: when it fails and restarts, commands being handled
         # finish instead of being cancelled and redelivered only after the ack wait.
         async for delivery in self.store.consume(subjects.commands(self.site), durable=durable):

@@ -183,6 +183,22 @@ class EventStoreContract:
                 async for _ in it:
                     break
 
+    async def test_a_deleted_consumer_starts_afresh_under_any_filter(
+        self, store: EventStore
+    ) -> None:
+        s1 = await store.append(created("m", subject="fedhub.cmd.site-a.start"))
+        s2 = await store.append(created("n", subject="fedhub.cmd.site-b.start"))
+        async with aclosing(store.consume("fedhub.cmd.site-a.>", durable="agent-y")) as it:
+            async for delivery in it:
+                assert delivery.seq == s1  # left unacked
+                break
+        assert await store.delete_consumer("agent-y") is True
+        assert await store.delete_consumer("agent-y") is False
+        async with aclosing(store.consume("fedhub.cmd.site-b.>", durable="agent-y")) as it:
+            async for delivery in it:
+                assert delivery.seq == s2
+                break
+
     async def test_health_keeps_latest_per_subject(self, store: EventStore) -> None:
         await store.put_health("fedhub-health.site.a", b"1")
         await store.put_health("fedhub-health.site.a", b"2")
