@@ -46,7 +46,7 @@ def site_permissions(site: str) -> dict[str, Any]:
             f"{api}.CONSUMER.CREATE.FEDHUB.*.fedhub.proxy.>",
             f"{api}.CONSUMER.CREATE.FEDHUB.{durable}.fedhub.cmd.{t}.>",
             f"{api}.CONSUMER.INFO.FEDHUB.*",
-            f"{api}.CONSUMER.MSG.NEXT.FEDHUB.{durable}",
+            f"{api}.CONSUMER.MSG.NEXT.FEDHUB.{durable}",  # the one this site pulls from
             f"$JS.ACK.FEDHUB.{durable}.>",
             "$JS.FC.FEDHUB.>",
             f"{api}.DIRECT.GET.FEDHUB.fedhub.site.{t}.>",
@@ -126,22 +126,28 @@ def render(users: dict[str, dict[str, Any]]) -> str:
     consumers of any name (``CONSUMER.CREATE.FEDHUB.*.<its subjects>``), and creating a
     consumer under an existing name updates that consumer, filter included, so without
     this a site could point another site's command consumer at subjects it writes."""
-    durables = {name: "agent-" + name.removeprefix("site-") for name, entry in users.items()
-                if entry.get("permissions") and name.startswith("site-")}
+    durables = {name: _durable(entry["permissions"]) for name, entry in users.items()
+                if entry.get("permissions")}
     entries = []
     for name, entry in sorted(users.items()):
         item: dict[str, Any] = {"user": name, "password": entry["hash"]}
-        if entry.get("permissions"):
-            permissions = json.loads(json.dumps(entry["permissions"]))
-            others = sorted(d for user, d in durables.items() if user != name)
+        if permissions := entry.get("permissions"):
+            others = sorted(d for user, d in durables.items() if user != name and d)
             if others:
-                permissions["publish"]["deny"] = [
+                permissions = {**permissions, "publish": {**permissions["publish"], "deny": [
                     f"$JS.API.CONSUMER.{verb}.FEDHUB.{d}{tail}" for d in others
                     for verb, tail in (("CREATE", ".>"), ("CREATE", ""), ("DURABLE.CREATE", ""),
-                                       ("DELETE", ""))]
+                                       ("DELETE", ""))]}}
             item["permissions"] = permissions
         entries.append(item)
     return "authorization: " + json.dumps({"users": entries}, indent=1) + "\n"
+
+
+def _durable(permissions: dict[str, Any]) -> str:
+    """The command consumer a site's permissions let it pull from ("" if none)."""
+    pull = "$JS.API.CONSUMER.MSG.NEXT.FEDHUB."
+    return next((s.removeprefix(pull) for s in permissions["publish"]["allow"]
+                 if s.startswith(pull)), "")
 
 
 def reload_server(pid: int) -> None:
