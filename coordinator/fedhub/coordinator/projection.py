@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, tuple_, update
@@ -47,15 +47,14 @@ ServerRows = dict[tuple[str, str], Server]
 
 @dataclass
 class Stall:
-    """The projection cannot apply events: since when (``time.monotonic``), how many
-    tries have failed, and the driver's last error (for the log only: it may name hosts)."""
+    """The projection cannot apply events: since when and when last reported as an error
+    (``time.monotonic``), which events wait, and how many tries have failed."""
 
     since: float
     first: int
     last: int
+    reported: float
     tries: int = 0
-    error: str = ""
-    reported: float = field(default=0.0)
 
     def seconds(self) -> float:
         """How long the projection has been stuck."""
@@ -261,7 +260,6 @@ class ProjectionRunner:
             log.warning("projection cannot reach the database (%s); retrying events %d-%d "
                         "until it answers", error, stall.first, stall.last)
         stall.tries += 1
-        stall.error = error
         if time.monotonic() - stall.reported >= STALL_REPORT_EVERY:
             stall.reported = time.monotonic()
             log.error("projection stalled for %.0f s (%d tries) on events %d-%d: %s; the API "
