@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -57,14 +58,14 @@ class KeyBook:
 
     async def read(self, store: EventStore) -> None:
         """Apply every key event in the log now (before any command is checked)."""
-        async with aclosing(store.read(subjects.key("*"), start=self._seq + 1)) as items:
-            async for item in items:
-                self.apply(item)
-                self._seq = item.seq
+        await self._fold(store.read(subjects.key("*"), start=self._seq + 1))
 
     async def follow(self, store: EventStore) -> None:
         """Apply the key events after those read, as they come (runs forever)."""
-        async with aclosing(store.follow(subjects.key("*"), start=self._seq + 1)) as items:
+        await self._fold(store.follow(subjects.key("*"), start=self._seq + 1))
+
+    async def _fold(self, events: AsyncGenerator[StoredEvent, None]) -> None:
+        async with aclosing(events) as items:
             async for item in items:
                 self.apply(item)
                 self._seq = item.seq
