@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fedhub.events.store import Delivery
 from fedhub.schemas.events import StartServer
@@ -51,22 +51,19 @@ class AckOnce:
 
     async def __call__(self) -> None:
         """Ack the delivery unless already done. Never raises."""
-        delivery, self._delivery = self._delivery, None
-        if delivery is None:
-            return
-        try:
-            await delivery.ack()
-        except Exception as exc:  # the store decides; redelivery is handled as a duplicate
-            log.warning("cannot ack command %d: %s", delivery.seq, exc)
+        await self._settle(lambda d: d.ack(), "ack")
 
     async def nak(self, delay: float) -> None:
         """Hand the delivery back, to come again after ``delay`` seconds, unless it was
         acked already; later calls do nothing. Never raises (if the store cannot take it
         back now, it redelivers the command once its ack wait runs out)."""
+        await self._settle(lambda d: d.nak(delay), "hand back")
+
+    async def _settle(self, how: Callable[[Delivery], Awaitable[None]], what: str) -> None:
         delivery, self._delivery = self._delivery, None
         if delivery is None:
             return
         try:
-            await delivery.nak(delay)
-        except Exception as exc:
-            log.warning("cannot hand command %d back: %s", delivery.seq, exc)
+            await how(delivery)
+        except Exception as exc:  # the store decides; redelivery is handled as a duplicate
+            log.warning("cannot %s command %d: %s", what, delivery.seq, exc)
