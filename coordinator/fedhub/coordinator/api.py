@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,6 +25,7 @@ router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
 VERSION = "0.1.0"
 STOP_PATIENCE = 10.0  # seconds a DELETE waits for the stop before answering 202
+_V = TypeVar("_V")
 
 
 def hub_of(request: Request) -> Hub:
@@ -45,21 +46,23 @@ async def body(request: Request) -> dict[str, Any]:
     return data
 
 
-def flag(data: dict[str, Any], key: str) -> bool | None:
-    """``data[key]`` if it is a JSON boolean, None if absent; BadRequest otherwise (the
-    string "false" must not make anyone an admin)."""
+def optional(data: dict[str, Any], key: str, kind: type[_V], what: str) -> _V | None:
+    """``data[key]`` if it is a ``kind``, None if absent; BadRequest saying it must be
+    ``what`` otherwise (the string "false" must not make anyone an admin)."""
     value = data.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"{key} must be true or false")
+    if value is not None and not isinstance(value, kind):
+        raise BadRequest(f"{key} must be {what}")
     return value
+
+
+def flag(data: dict[str, Any], key: str) -> bool | None:
+    """``data[key]`` if it is a JSON boolean, None if absent; BadRequest otherwise."""
+    return optional(data, key, bool, "true or false")
 
 
 def text(data: dict[str, Any], key: str) -> str | None:
     """``data[key]`` if it is a string, None if absent; BadRequest otherwise."""
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
+    return optional(data, key, str, "a string")
 
 
 def acting_for(request: Request, name: str) -> tuple[Hub, Identity, User]:
