@@ -126,6 +126,20 @@ async def test_a_wrong_password_cannot_connect(nats: dict[str, str]) -> None:
         await JetStreamStore.connect(nats["wrong"], create_streams=False, connect_timeout=5)
 
 
+async def ack_through(store: JetStreamStore, site: str, seq: int) -> list[int]:
+    """Take and ack ``site``'s commands, as its agent does, up to command ``seq``; the
+    sequences taken."""
+    taken = []
+    async with aclosing(store.consume(subjects.commands(site),
+                                      durable=subjects.command_consumer(site))) as it:
+        async for delivery in it:
+            await delivery.ack()
+            taken.append(delivery.seq)
+            if delivery.seq >= seq:
+                break
+    return taken
+
+
 async def test_a_site_cannot_repoint_another_sites_command_consumer(
         nats: dict[str, str], hub: JetStreamStore, site_a: JetStreamStore) -> None:
     # Site B's agent has its durable consumer (created as the agent creates it).
@@ -134,12 +148,7 @@ async def test_a_site_cannot_repoint_another_sites_command_consumer(
     try:
         cmd = await hub.append(new_event(subjects.command("site-b", "stop"), StopServer(
             user="bob", spawn_id="s2"), actor="coordinator", signer=KEY))
-        async with aclosing(site_b.consume(subjects.commands("site-b"),
-                                           durable="agent-site-b")) as it:
-            async for delivery in it:  # (earlier tests left commands for B: skip them)
-                await delivery.ack()
-                if delivery.seq == cmd:
-                    break
+        assert (await ack_through(site_b, "site-b", cmd))[-1] == cmd  # (and earlier tests')
         # Site A may create consumers of any name on its own subjects: asking for B's
         # name would update B's consumer to read what A writes. The server refuses it.
         nc = await nats_client.connect(nats["a"], inbox_prefix=inbox_prefix("site-a"))
@@ -161,12 +170,7 @@ async def test_a_site_cannot_repoint_another_sites_command_consumer(
         await site_a.append_raw(subjects.site_server("site-a", "x", ""), forged.encode())
         cmd = await hub.append(new_event(subjects.command("site-b", "stop"), StopServer(
             user="bob", spawn_id="s3"), actor="coordinator", signer=KEY))
-        async with aclosing(site_b.consume(subjects.commands("site-b"),
-                                           durable="agent-site-b")) as it:
-            async for delivery in it:
-                assert delivery.seq == cmd and delivery.event.data["spawn_id"] == "s3"
-                await delivery.ack()
-                break
+        assert await ack_through(site_b, "site-b", cmd) == [cmd]
     finally:
         await site_b.close()
 
@@ -210,8 +214,4 @@ async def test_a_consumer_squatting_a_new_sites_name_is_removed_when_the_site_is
             following.cancel()
     cmd = await hub.append(new_event(subjects.command("site-c", "start"), StartServer(
         user="carol", spawn_id="s1", prefix="/user/carol/"), actor="coordinator", signer=KEY))
-    async with aclosing(hub.consume(subjects.commands("site-c"), durable=squat)) as it:
-        async for delivery in it:
-            await delivery.ack()
-            if delivery.seq == cmd:
-                break
+    assert await ack_through(hub, "site-c", cmd) == [cmd]

@@ -77,6 +77,21 @@ async def _ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: 
     return True
 
 
+def once_per_connection(handler: Handler) -> Handler:
+    """``handler`` for a connection's first request; the next finds the connection
+    closed, as after an upstream's idle timeout."""
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   head: bytes) -> bool:
+        if writer in answered:
+            return False
+        answered.add(writer)
+        return await handler(reader, writer, head)
+
+    return once
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[Scripted]:
     up = Scripted()
@@ -277,16 +292,7 @@ async def test_read_until_close_response_closes_the_client(
 
 async def test_closed_pooled_connection_is_retried(proxy: EdgeProxy, upstream: Scripted
                                                    ) -> None:
-    answered: set[asyncio.StreamWriter] = set()
-
-    async def once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                  head: bytes) -> bool:
-        if writer in answered:
-            return False  # the next request finds it closed, as after an idle timeout
-        answered.add(writer)
-        return await _ok(reader, writer, head)
-
-    upstream.handler = once_per_connection
+    upstream.handler = once_per_connection(_ok)
     reader, writer = await connect(proxy)
     for i in range(3):
         writer.write(get(f"/user/alice/{i}", proxy))
@@ -329,16 +335,7 @@ async def test_a_request_with_a_body_is_not_resent_on_a_fresh_connection(
         proxy: EdgeProxy, upstream: Scripted) -> None:
     # Its body went out as it arrived and is not kept: sending the head again alone would
     # leave the server waiting for a body that never comes (and the user for a 504).
-    answered: set[asyncio.StreamWriter] = set()
-
-    async def once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                  head: bytes) -> bool:
-        if writer in answered:
-            return False
-        answered.add(writer)
-        return await _echo_body(reader, writer, head)
-
-    upstream.handler = once_per_connection
+    upstream.handler = once_per_connection(_echo_body)
     reader, writer = await connect(proxy)
     writer.write(get("/user/alice/first", proxy))
     assert (await read_response(reader))[:1] == (200,)
