@@ -18,7 +18,7 @@ from fedhub.events.envelope import Envelope
 from fedhub.events.errors import EventLogError, StoreUnavailable
 from fedhub.events.lanes import Lanes
 from fedhub.events.signing import SigningKey
-from fedhub.events.store import Delivery, EventStore
+from fedhub.events.store import Delivery, EventStore, StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     ServerFailed,
@@ -49,6 +49,20 @@ CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
 HEALTHY_RUN = 60.0  # seconds of good running after which a failure is a first one again
 RETRY_COMMAND_AFTER = 5.0  # seconds before a command the log failed during comes again
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
+
+
+def supersedes(newer: str, older: str) -> bool:
+    """True if spawn ``newer`` was requested after spawn ``older``.
+
+    Spawn ids are UUIDv7 (time first, fixed width), so they order as strings; the hub asks
+    for a new spawn of a server only once it holds the previous one ended.
+    """
+    return newer > older
+
+
+def _spawn_of(item: StoredEvent) -> str:
+    spawn = item.event.data.get("spawn_id")
+    return spawn if isinstance(spawn, str) else ""
 
 
 class SiteAgent:
@@ -210,19 +224,31 @@ class SiteAgent:
                 message=f"Spawn failed: invalid request: {exc}"), parent=env.id, purpose="failed")
             return await ack()
         rec = self.servers.get(spec.key)
+        if rec is not None and supersedes(spec.spawn_id, rec.spec.spawn_id):
+            # The hub asks for a new spawn only once it holds the old one ended (e.g. after
+            # this site was out of touch too long): the old server is nobody's any more.
+            log.warning("StartServer %s replaces spawn %s of %s", env.id, rec.spec.spawn_id,
+                        spec.key)
+            await self._stop(rec, "replaced by a newer spawn", env.id, "replaced")
+            rec = self.servers.get(spec.key)
         if rec is not None and rec.stage is Stage.STOPPING and rec.stop_task is not None:
             await asyncio.wait({rec.stop_task})  # a quick restart waits for the old stop
             rec = self.servers.get(spec.key)
         if rec is not None:
             if rec.spec.spawn_id != spec.spawn_id:
-                log.warning("ignoring StartServer %s: %s already runs spawn %s", env.id,
-                            spec.key, rec.spec.spawn_id)
+                log.warning("ignoring StartServer %s: %s already runs the newer spawn %s",
+                            env.id, spec.key, rec.spec.spawn_id)
             return await ack()
         last = await self.store.last(self.subject(spec.user, spec.server))
-        if (last is not None and last.event.type not in _BEFORE_AGENT
-                and last.event.data.get("spawn_id") == spec.spawn_id):
-            log.info("StartServer %s was already handled (%s)", env.id, last.event.type)
-            return await ack()
+        if last is not None and last.event.type not in _BEFORE_AGENT:
+            reported = _spawn_of(last)
+            if reported == spec.spawn_id:
+                log.info("StartServer %s was already handled (%s)", env.id, last.event.type)
+                return await ack()
+            if supersedes(reported, spec.spawn_id):
+                log.warning("ignoring StartServer %s: a newer spawn %s of %s was handled",
+                            env.id, reported, spec.key)
+                return await ack()
         rec = ServerRecord(spec)
         self.servers[spec.key] = rec
         rec.task = asyncio.create_task(self._run_start(rec, self.backend.start(spec), env.id, ack))
@@ -292,10 +318,18 @@ class SiteAgent:
         try:
             rec = self.servers.get(server_key(cmd.user, cmd.server))
             reason = cmd.reason or "stopped on request"
-            if rec is not None:
+            if rec is not None and rec.spec.spawn_id == cmd.spawn_id:
                 return await self._stop(rec, reason, env.id, "stopped")
+            if rec is not None and supersedes(rec.spec.spawn_id, cmd.spawn_id):
+                # e.g. redelivered after a restart: the server running now is not that one
+                log.info("ignoring StopServer %s of spawn %s: %s runs spawn %s now", env.id,
+                         cmd.spawn_id, rec.spec.key, rec.spec.spawn_id)
+                return
+            if rec is not None:  # an older spawn the hub has moved on from
+                await self._stop(rec, "replaced by a newer spawn", env.id, "replaced")
             last = await self.store.last(self.subject(cmd.user, cmd.server))
-            if last is not None and last.event.type in _ENDED:
+            if (last is not None and last.event.type in _ENDED
+                    and _spawn_of(last) == cmd.spawn_id):
                 return
             # Not ours (any more): say so, or the user would wait forever for a stop.
             await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerStopped(

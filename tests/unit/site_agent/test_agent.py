@@ -418,3 +418,74 @@ async def test_a_command_that_meets_an_unavailable_log_comes_back_later(
     await send(store, stop_cmd(user="bob"))  # not running here: answered once the log is back
     await wait_events(store, ["ServerStopped"], user="bob")
     assert failures == 2 and [spec.user for spec in backend.started] == ["alice"]
+
+
+async def reports(store: MemoryStore, user: str = "alice") -> list[tuple[str, str]]:
+    """(event type, spawn id) of every report about the user's default server."""
+    return [(item.event.type, item.event.data["spawn_id"]) async for item in
+            store.read(subjects.site_server("hpc", user, ""))]
+
+
+async def test_a_newer_spawn_replaces_one_the_hub_has_given_up_on(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    # e.g. the site was out of touch so long that the hub marked s1 failed and the user
+    # started again: s1 must not keep running, nor block s2
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s1"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, start_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped",
+                              "ServerSubmitted", "ServerStarted"])
+    # the user of s1 is told it stopped
+    assert [spawn for _, spawn in await reports(store)] == ["s1", "s1", "s1", "s2", "s2"]
+    assert len(backend.stopped) == 1 and [s.spawn_id for s in backend.started] == ["s1", "s2"]
+    assert [rec.spec.spawn_id for rec in agent.servers.values()] == ["s2"]
+
+
+async def test_a_late_command_for_an_older_spawn_leaves_the_newer_one_alone(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, start_cmd(spawn_id="s1"))  # redelivered after a restart, say
+    await send(store, stop_cmd(spawn_id="s1"))
+    await send(store, start_cmd(user="bob"))  # handled after the two above
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+    assert await reports(store) == [("ServerSubmitted", "s2"), ("ServerStarted", "s2")]
+    assert backend.stopped == []
+    assert [s.spawn_id for s in backend.started if s.user == "alice"] == ["s2"]
+
+
+async def test_a_late_start_after_the_newer_spawn_ended_starts_nothing(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
+    await send(store, start_cmd(spawn_id="s1"))
+    await send(store, start_cmd(user="bob"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+    assert [s.spawn_id for s in backend.started if s.user == "alice"] == ["s2"]
+    assert agent.servers.keys() == {s.key for s in backend.started if s.user == "bob"}
+
+
+async def test_a_stop_for_a_spawn_that_never_reached_the_site_is_answered(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    # the hub waits for the stop of s2; the site only knows the ended s1
+    agent = make_agent(FakeBackend())
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s1"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd(spawn_id="s1"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
+    await send(store, stop_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped",
+                              "ServerStopped"])
+    assert (await reports(store))[-1] == ("ServerStopped", "s2")
