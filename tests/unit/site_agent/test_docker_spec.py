@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fedhub.schemas.names import server_prefix
+from fedhub.schemas.names import normalize_user_name, server_prefix
 from fedhub.schemas.resources import InvalidOptions, validate_options
 from fedhub.site_agent.backends.base import JobStatus, ServerSpec
 from fedhub.site_agent.backends.docker import DockerBackend, from_settings
@@ -151,7 +151,8 @@ def test_hostile_looking_names_stay_inert() -> None:
     name = container_name("dock", s)
     vol = volume_name(cfg, "dock", "ünïcødé.user@example.org" * 2)
     for made in (name, vol):
-        assert all(c.isascii() and (c.isalnum() or c in "-_") for c in made), made
+        assert all(c.isascii() and (c.isalnum() or c in "-_.") for c in made), made
+        assert ".." not in made and not made.startswith(".")
         assert len(made) < 120
     body = container_body(cfg, "dock", s, resources(cfg, {}), "/k")
     # Values travel as separate argv/env entries and labels, never through a shell.
@@ -167,6 +168,10 @@ def test_docker_token_is_bounded_and_distinguishes_names() -> None:
     long_a, long_b = "x" * 60 + "a", "x" * 60 + "b"
     assert len(docker_token(long_a)) <= 40
     assert docker_token(long_a) != docker_token(long_b)
+    # a user may pick any name of letters, digits and "-": none may be a long name's form
+    squatter = docker_token(long_a).replace(".", "-")
+    assert normalize_user_name(squatter) == squatter
+    assert docker_token(squatter) != docker_token(long_a)
 
 
 def test_labels_parse_back() -> None:

@@ -166,12 +166,16 @@ def parse_config(raw: Mapping[str, Any]) -> DockerConfig:
 
 
 def docker_token(name: str) -> str:
-    """A Docker-name-safe, injective, bounded form of a user, server or site name."""
+    """A Docker-name-safe, injective, bounded form of a user, server or site name.
+
+    A long name is cut and given a digest after a ``.``, which no short form contains
+    (subject tokens never do), so no name can be chosen to share another's volume.
+    """
     token = subject_token(name)
     if len(token) <= _TOKEN_MAX:
         return token
-    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-    return f"{token[:_TOKEN_MAX - 13]}-{digest}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{token[:_TOKEN_MAX - 17]}.{digest}"
 
 
 def volume_name(config: DockerConfig, site: str, user: str) -> str:
