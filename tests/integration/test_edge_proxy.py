@@ -213,6 +213,10 @@ async def test_api_token_in_header_or_query_is_not_forwarded(
     assert status == 200 and "Authorization" not in upstream.seen[-1]["headers"]
     status, _, body = await get(client, f"{proxy.url}/user/alice/api?x=1&token={token}")
     assert status == 200 and body["path"] == "/user/alice/api?x=1"
+    # authenticated by the header, the query's token is still a fedhub credential
+    status, _, body = await get(client, f"{proxy.url}/user/alice/api?token={token}&y=2",
+                                headers={"Authorization": f"token {token}"})
+    assert status == 200 and body["path"] == "/user/alice/api?y=2"
 
 
 async def test_forged_assertion_is_replaced(

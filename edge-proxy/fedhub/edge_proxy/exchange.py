@@ -32,7 +32,7 @@ from fedhub.edge_proxy.http1 import (
     parse_status,
     status_line,
 )
-from fedhub.edge_proxy.plan import Plan, without_query_param
+from fedhub.edge_proxy.plan import Plan, upstream_target
 from fedhub.edge_proxy.upstream import Connection, ResponseMemo
 
 if TYPE_CHECKING:
@@ -121,9 +121,7 @@ class Exchange:
                     memo.framing = None
                     return None
                 memo.upgrade = headers["upgrade"]
-            target = head.target
-            if plan.source == "query":  # the fedhub token must not reach the user's server
-                target = without_query_param(target, "token")
+            target = upstream_target(head.target, plan)
             pairs = upstream_pairs(
                 head.headers, remote=client.remote, scheme="http",
                 host=headers.get("host", ""), assertion=plan.assertion,

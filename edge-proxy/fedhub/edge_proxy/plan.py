@@ -50,6 +50,15 @@ def who(user: str, server: str) -> str:
     return f"the server {server!r} of {user}" if server else f"the server of {user}"
 
 
+def upstream_target(target: str, plan: Plan) -> str:
+    """The path and query to send upstream: a user's server never gets a ``token``
+    parameter, whichever credential the request authenticated with (fedhub tokens stay
+    out of user code); the hub gets the target as sent."""
+    if plan.source is None or "?" not in target:
+        return target
+    return without_query_param(target, "token")
+
+
 def without_query_param(target: str, name: str) -> str:
     """``target`` (path and query, as sent) without any ``name=...`` query parameter."""
     path, sep, query = target.partition("?")

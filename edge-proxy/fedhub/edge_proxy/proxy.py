@@ -28,7 +28,7 @@ from fedhub.edge_proxy.forward import Forwarder, upstream_url
 from fedhub.edge_proxy.front import Front
 from fedhub.edge_proxy.headers import upstream_headers
 from fedhub.edge_proxy.http1 import RequestHead
-from fedhub.edge_proxy.plan import Plan, who, without_query_param
+from fedhub.edge_proxy.plan import Plan, upstream_target, who
 from fedhub.edge_proxy.routes import Route
 from fedhub.edge_proxy.settings import EdgeProxySettings
 from fedhub.edge_proxy.state import ProxyState
@@ -321,8 +321,8 @@ class EdgeProxy:
                 return pages.error(request, 503, str(exc))
             target = TUNNEL_BASE  # the bridge's socket decides where it goes
         url = upstream_url(target, request)
-        if source == "query":  # the fedhub token must not reach the user's server
-            url = URL(target + without_query_param(url.raw_path_qs, "token"), encoded=True)
+        if source is not None and url.raw_query_string:
+            url = URL(target + upstream_target(url.raw_path_qs, plan), encoded=True)
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         headers = upstream_headers(
             request, assertion=plan.assertion, strip_authorization=source == "header",

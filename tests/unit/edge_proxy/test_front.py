@@ -186,6 +186,8 @@ async def test_forwards_with_the_proxy_headers_and_keeps_both_connections(
     writer.write(f"GET /user/alice/q?a=1&token={token}&b=2 HTTP/1.1\r\nHost: h\r\n\r\n"
                  .encode())
     assert (await read_response(reader))[2] == b"/user/alice/q?a=1&b=2"
+    writer.write(get(f"/user/alice/h?%74oken={token}", proxy))  # authenticated by header
+    assert (await read_response(reader))[2] == b"/user/alice/h"
     for i in range(2):
         writer.write(get(f"/user/alice/x{i}", proxy, b"Connection: keep-alive, X-Hop\r\n"
                          b"X-Hop: 1\r\nX-Fedhub-Assertion: forged\r\n"))
