@@ -4,16 +4,12 @@ after the grace period, its servers are marked lost with the reason."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from fedhub.coordinator import health, servers
-from fedhub.coordinator.app import open_hub
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.sites import list_sites
 from fedhub.coordinator.users import create_user
@@ -22,17 +18,16 @@ from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
 from fedhub.schemas.events import SiteHeartbeat
 
+from .conftest import MakeHub
+
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings = CoordinatorSettings(data_dir=tmp_path, site_offline_after=15, site_lost_after=600)
-    made = await open_hub(settings, MemoryStore())
-    task = asyncio.create_task(made.projection.run())
+async def hub(make_hub: MakeHub) -> Hub:
+    made = await make_hub(site_offline_after=15, site_lost_after=600)
     await enroll_site(made, "hpc", backend="slurm", public_key=SigningKey.generate().public_b64,
                       weight=1, description="", actor="test")
     await create_user(made, "alice", admin=False, actor="test")
-    yield made
-    task.cancel()
+    return made
 
 
 def beat(hub: Hub, age: float) -> None:

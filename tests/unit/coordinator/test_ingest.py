@@ -4,33 +4,27 @@ reported in the log; stale reports are ignored quietly."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from fedhub.coordinator import servers
-from fedhub.coordinator.app import open_hub
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.ingest import ingest
-from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user
 from fedhub.events.enroll import enroll
 from fedhub.events.envelope import new_event
-from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
 from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
+
+from .conftest import MakeHub
 
 HPC, CLOUD, STRANGER = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    made = await open_hub(CoordinatorSettings(data_dir=tmp_path), MemoryStore())
-    task = asyncio.create_task(made.projection.run())
+async def hub(make_hub: MakeHub) -> Hub:
+    made = await make_hub()
     for name, key in (("hpc", HPC), ("cloud", CLOUD)):
         await enroll_site(made, name, backend="slurm", public_key=key.public_b64, weight=1,
                           description="", actor="test")
@@ -39,8 +33,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     async for item in made.store.read("fedhub.key.>"):
         enroll(made.keyring, item)
     await create_user(made, "alice", admin=False, actor="test")
-    yield made
-    task.cancel()
+    return made
 
 
 async def spawn(hub: Hub, site: str = "hpc") -> str:

@@ -3,50 +3,31 @@ password change leaves working (nothing it should not)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from fedhub.coordinator import api, auth, pages
-from fedhub.coordinator.app import install_error_handlers, load_keys, open_hub
-from fedhub.coordinator.auth import COOKIE, issue_token
+from fedhub.coordinator import auth
+from fedhub.coordinator.app import load_keys
+from fedhub.coordinator.auth import COOKIE
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.users import create_user
-from fedhub.events.memory import MemoryStore
 from fedhub.schemas import subjects
 from fedhub.schemas.events import UserLoginFailed
+
+from .conftest import MakeHub, admin_client, client_of
 
 PASSWORD = "correct horse"
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    made = await open_hub(CoordinatorSettings(data_dir=tmp_path), MemoryStore())
-    task = asyncio.create_task(made.projection.run())
+async def hub(make_hub: MakeHub) -> Hub:
+    made = await make_hub()
     await create_user(made, "root", admin=True, actor="test")
     await create_user(made, "bob", admin=False, actor="test", password=PASSWORD)
-    yield made
-    task.cancel()
-
-
-def app_of(hub: Hub) -> FastAPI:
-    app = FastAPI()
-    app.include_router(api.router)
-    app.include_router(pages.router)
-    install_error_handlers(app)
-    app.state.hub = hub
-    return app
-
-
-def browser(hub: Hub) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app_of(hub), raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://hub")
+    return made
 
 
 async def log_in(client: httpx.AsyncClient, name: str, password: str) -> str:
@@ -56,24 +37,17 @@ async def log_in(client: httpx.AsyncClient, name: str, password: str) -> str:
     return r.cookies[COOKIE]
 
 
-async def admin(hub: Hub) -> httpx.AsyncClient:
-    secret, _ = await issue_token(hub, "root", "test", None, "test")
-    client = browser(hub)
-    client.headers["Authorization"] = f"token {secret}"
-    return client
-
-
 async def test_a_session_cookie_stops_working_at_logout(hub: Hub) -> None:
-    async with browser(hub) as c:
+    async with client_of(hub) as c:
         cookie = await log_in(c, "bob", PASSWORD)
         assert (await c.get("/hub/api/user")).json()["name"] == "bob"
         assert (await c.get("/hub/logout")).status_code == 302
-    async with browser(hub) as thief:  # a copy of the cookie, kept from before the logout
+    async with client_of(hub) as thief:  # a copy of the cookie, kept from before the logout
         thief.cookies.set(COOKIE, cookie)
         assert (await thief.get("/hub/api/user")).status_code == 401
         home = await thief.get("/hub/home")
         assert home.status_code == 302 and home.headers["location"].startswith("/hub/login")
-    async with browser(hub) as c:  # logging in again works, with a new session
+    async with client_of(hub) as c:  # logging in again works, with a new session
         await log_in(c, "bob", PASSWORD)
         assert (await c.get("/hub/api/user")).json()["name"] == "bob"
 
@@ -83,13 +57,13 @@ async def test_a_new_account_of_a_deleted_name_inherits_neither_password_nor_ses
     # No slack between the clocks of the cookie and the log (one machine here), so that
     # the account can come back at once.
     monkeypatch.setattr(auth, "_CLOCK_SLACK", 0)
-    async with browser(hub) as old_bob:
+    async with client_of(hub) as old_bob:
         cookie = await log_in(old_bob, "bob", PASSWORD)
-    async with await admin(hub) as root:
+    async with await admin_client(hub) as root:
         assert (await root.delete("/hub/api/users/bob")).status_code == 204
         r = await root.post("/hub/api/users", json={"usernames": ["bob"]})
         assert r.status_code == 201, r.text
-    async with browser(hub) as c:
+    async with client_of(hub) as c:
         r = await c.post("/hub/login", data={"username": "bob", "password": PASSWORD})
         assert r.status_code == 403
         c.cookies.set(COOKIE, cookie)
@@ -97,12 +71,12 @@ async def test_a_new_account_of_a_deleted_name_inherits_neither_password_nor_ses
 
 
 async def test_patch_by_a_differently_cased_name_changes_that_users_password(hub: Hub) -> None:
-    async with await admin(hub) as root:
+    async with await admin_client(hub) as root:
         r = await root.patch("/hub/api/users/Bob", json={"password": "a new secret"})
         assert r.status_code == 200 and r.json()["name"] == "bob"
         r = await root.patch("/hub/api/users/BOB", json={"admin": True})
         assert r.status_code == 200 and r.json()["admin"] is True
-    async with browser(hub) as c:
+    async with client_of(hub) as c:
         r = await c.post("/hub/login", data={"username": "bob", "password": PASSWORD})
         assert r.status_code == 403  # the old password no longer works
         await log_in(c, "bob", "a new secret")
@@ -121,7 +95,7 @@ async def test_patch_by_a_differently_cased_name_changes_that_users_password(hub
 ])
 async def test_values_of_the_wrong_type_are_a_400_and_change_nothing(
         hub: Hub, method: str, path: str, body: dict[str, object], message: str) -> None:
-    async with await admin(hub) as root:
+    async with await admin_client(hub) as root:
         r = await root.request(method, path, json=body)
         assert r.status_code == 400, r.text
         assert r.json()["message"].startswith(message)
@@ -133,7 +107,8 @@ async def test_values_of_the_wrong_type_are_a_400_and_change_nothing(
 
 
 async def test_an_infinite_expiry_is_a_400(hub: Hub) -> None:
-    async with await admin(hub) as root:  # JSON allows NaN and Infinity as Python writes them
+    # JSON allows NaN and Infinity as Python writes them
+    async with await admin_client(hub) as root:
         for raw in (b'{"expires_in": NaN}', b'{"expires_in": Infinity}'):
             r = await root.post("/hub/api/users/bob/tokens", content=raw,
                                 headers={"Content-Type": "application/json"})
@@ -141,19 +116,18 @@ async def test_an_infinite_expiry_is_a_400(hub: Hub) -> None:
 
 
 async def test_every_coordinator_on_one_database_accepts_the_others_xsrf_value(
-        hub: Hub, tmp_path: Path) -> None:
+        hub: Hub, make_hub: MakeHub, tmp_path: Path) -> None:
     # A second coordinator: its own key and data directory, the same database and log.
-    other = await open_hub(CoordinatorSettings(data_dir=tmp_path / "second", name="second",
-                                               database_url=hub.settings.db_url), hub.store)
+    other = await make_hub(hub.store, data_dir=tmp_path / "second", name="second",
+                           database_url=hub.settings.db_url)
     await load_keys(other)  # as its start does: the first coordinator's key, from the log
-    following = asyncio.create_task(other.projection.run())
     assert other.key.kid != hub.key.kid
-    async with browser(hub) as first:
+    async with client_of(hub) as first:
         cookie = await log_in(first, "bob", PASSWORD)
         home = await first.get("/hub/home")
         xsrf = re.search(r'name="xsrf" content="([^"]*)"', home.text)
         assert xsrf is not None
-    async with browser(other) as second:  # the next click lands on the other coordinator
+    async with client_of(other) as second:  # the next click lands on the other coordinator
         second.cookies.set(COOKIE, cookie)
         r = await second.post("/hub/api/users/bob/tokens", json={"note": "x"},
                               headers={"X-XSRFToken": xsrf.group(1)})
@@ -161,11 +135,10 @@ async def test_every_coordinator_on_one_database_accepts_the_others_xsrf_value(
         r = await second.post("/hub/api/users/bob/tokens", json={"note": "x"},
                               headers={"X-XSRFToken": "0" * 32})
         assert r.status_code == 403
-    following.cancel()
 
 
 async def test_a_failed_login_records_no_unknown_name(hub: Hub) -> None:
-    async with browser(hub) as c:
+    async with client_of(hub) as c:
         for name, password in (("correct horse", "bob"), ("bob", "wrong password")):
             r = await c.post("/hub/login", data={"username": name, "password": password})
             assert r.status_code == 403

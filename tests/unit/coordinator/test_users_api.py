@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from fedhub.coordinator import api, auth, health, projection, servers
-from fedhub.coordinator.app import install_error_handlers, open_hub
 from fedhub.coordinator.auth import issue_token
 from fedhub.coordinator.context import Hub
-from fedhub.coordinator.settings import CoordinatorSettings
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user
 from fedhub.events.errors import StoreUnavailable
@@ -29,6 +23,8 @@ from fedhub.schemas import subjects
 from fedhub.schemas.events import SiteHeartbeat, UserCreated
 from tests.support.polling import until
 from tests.support.projection import envelope
+
+from .conftest import MakeHub, admin_client
 
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 NAMES = ["ann", "bob", "cat", "dan", "eve", "fay"]
@@ -42,10 +38,8 @@ def beat(hub: Hub, site: str, age: float) -> None:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings = CoordinatorSettings(data_dir=tmp_path, site_offline_after=15, site_lost_after=600)
-    made = await open_hub(settings, MemoryStore())
-    task = asyncio.create_task(made.projection.run())
+async def hub(make_hub: MakeHub) -> Hub:
+    made = await make_hub(site_offline_after=15, site_lost_after=600)
     for site in ("hpc", "cloud"):
         await enroll_site(made, site, backend="local", public_key=SigningKey.generate()
                           .public_b64, weight=1, description="", actor="test")
@@ -60,19 +54,12 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     beat(made, "cloud", 60)  # cloud goes quiet: its servers show as unreachable
     await health.check(made)
     await made.projection.wait_for(await made.store.last_seq())
-    yield made
-    task.cancel()
+    return made
 
 
 @pytest.fixture
 async def client(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    app.include_router(api.router)
-    app.state.hub = hub
-    secret, _ = await issue_token(hub, "root", "test", None, "test")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://hub",
-                                 headers={"Authorization": f"token {secret}"}) as c:
+    async with await admin_client(hub) as c:
         yield c
 
 
@@ -125,21 +112,6 @@ async def test_a_page_costs_the_same_queries_at_any_size(
     assert len(statements) == small
 
 
-@asynccontextmanager
-async def api_as_root(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
-    """The API alone, with the app's error handlers, called with an admin's token; app
-    exceptions come back as responses, as a server would send them."""
-    app = FastAPI()
-    app.include_router(api.router)
-    install_error_handlers(app)
-    app.state.hub = hub
-    secret, _ = await issue_token(hub, "root", "test", None, "test")
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hub",
-                                 headers={"Authorization": f"token {secret}"}) as client:
-        yield client
-
-
 async def test_a_bug_in_any_handler_is_a_500_that_says_what_failed_not_why(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,7 +121,7 @@ async def test_a_bug_in_any_handler_is_a_500_that_says_what_failed_not_why(
 
     monkeypatch.setattr(hub.store, "last_seq", broken)  # stop reads it first
     monkeypatch.setattr(api.spawning, "spawn", broken)
-    async with api_as_root(hub) as c:
+    async with await admin_client(hub) as c:
         stop = await c.delete("/hub/api/users/ann/server")
         spawn = await c.post("/hub/api/users/ann/server", json={})
     assert stop.status_code == spawn.status_code == 500
@@ -183,7 +155,7 @@ async def test_an_unreachable_log_or_database_is_a_503_in_any_handler(
         monkeypatch.setattr(hub.store, "last_seq", _log_down)
     else:
         monkeypatch.setattr(api.users, "list_users", _database_down)
-    async with api_as_root(hub) as c:
+    async with await admin_client(hub) as c:
         r = await c.request(method, path)
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": message}
@@ -192,7 +164,7 @@ async def test_an_unreachable_log_or_database_is_a_503_in_any_handler(
 async def test_a_revoked_token_or_one_of_a_deleted_user_is_refused(hub: Hub) -> None:
     bob_secret, bob_token = await issue_token(hub, "bob", "t", None, "test")
     dan_secret, _ = await issue_token(hub, "dan", "t", None, "test")
-    async with api_as_root(hub) as root:
+    async with await admin_client(hub) as root:
         for secret in (bob_secret, dan_secret):
             r = await root.get("/hub/api/user", headers={"Authorization": f"token {secret}"})
             assert r.status_code == 200
@@ -210,7 +182,7 @@ async def test_authentication_with_the_database_down_is_a_503(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auth, "rows", _database_down)
-    async with api_as_root(hub) as c:
+    async with await admin_client(hub) as c:
         r = await c.get("/hub/api/user")
     assert r.status_code == 503
     assert r.json() == {"status": 503, "message": "the database is unavailable; try again shortly"}
@@ -219,7 +191,7 @@ async def test_authentication_with_the_database_down_is_a_503(
 async def test_health_is_a_503_while_the_projection_cannot_reach_the_database(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with api_as_root(hub) as c:
+    async with await admin_client(hub) as c:
         assert (await c.get("/hub/api/health")).json()["status"] == "ok"
         monkeypatch.setattr(projection, "RETRY_FIRST", 0.01)
         monkeypatch.setattr(hub.projection, "_apply_batch", _database_down)
