@@ -216,9 +216,10 @@ async def delete_one(name: str, request: Request) -> Response:
     ident = auth.require(hub, request)
     auth.require_admin(ident)
     user = users.get_user(hub, name)
-    for row in users.servers_of(hub, user.name):
-        await servers.stop(hub, user.name, row.name, _actor(ident))
+    # Deleted first, so no new spawn can slip in; then every server from the log, with
+    # spawns still in flight (the reactor stops any placed after this).
     await users.delete_user(hub, user.name, actor=_actor(ident))
+    await servers.stop_all(hub, user.name, _actor(ident))
     return Response(status_code=204)
 
 

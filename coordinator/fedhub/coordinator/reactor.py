@@ -1,6 +1,7 @@
 """Reactions to site events: a started server becomes ready and routed; a stopped one
-loses its route. Every reaction checks the current state and uses derived event ids, so
-replaying, restarting or running several coordinators adds nothing twice."""
+loses its route; a deleted user's servers are stopped. Every reaction checks the current
+state and uses derived event ids, so replaying, restarting or running several
+coordinators adds nothing twice."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Position, save_position
 from fedhub.coordinator.errors import Conflict, CoordinatorError
 from fedhub.coordinator.ingest import ingest
-from fedhub.coordinator.servers import remove_route
+from fedhub.coordinator.servers import remove_route, stop_all, user_deleted
 from fedhub.events.enroll import enroll
 from fedhub.events.envelope import derived_id
 from fedhub.events.errors import EventLogError
@@ -65,7 +66,8 @@ async def run(hub: Hub) -> None:
                 # reactions in flight finish with the ring they were read under.
                 await lanes.drain()
                 enroll(hub.keyring, item)
-            elif subjects.is_site_fact(subject) or subject.startswith("fedhub.server."):
+            elif (subjects.is_site_fact(subject) or subject.startswith("fedhub.server.")
+                  or subject.startswith("fedhub.user.")):
                 await lanes.submit(lane_of(subject), item.seq, _reaction(hub, item))
             # Every reaction is idempotent (it checks the current state and uses derived
             # ids), so re-reading a few events after a restart is harmless: save now and
@@ -93,7 +95,7 @@ def _reaction(hub: Hub, item: StoredEvent) -> Callable[[], Awaitable[None]]:
 
 
 async def react(hub: Hub, item: StoredEvent) -> None:
-    """Apply the reaction (if any) to one server event."""
+    """Apply the reaction (if any) to one server or user event."""
     try:
         p = item.event.payload()
     except EventLogError as exc:
@@ -106,6 +108,14 @@ async def react(hub: Hub, item: StoredEvent) -> None:
     elif isinstance(p, ev.ServerStopped | ev.ServerFailed):
         await remove_route(hub, p.user, p.server, p.reason or "server ended",
                            parent=item.event.id)
+    elif isinstance(p, ev.UserDeleted) and await user_deleted(hub, p.name):
+        # also after a coordinator died mid-deletion; a replayed deletion of a name that
+        # has an account again must not touch the new account's servers
+        await stop_all(hub, p.name, item.event.actor)
+    elif isinstance(p, ev.ServerAccepted) and await user_deleted(hub, p.user):
+        # requested just before the deletion, placed after it had stopped the rest
+        log.warning("stopping %s/%s: its user was deleted", p.user, p.server)
+        await stop_all(hub, p.user, hub.actor)
 
 
 async def _ready(hub: Hub, item: StoredEvent, p: ev.ServerStarted) -> None:

@@ -71,18 +71,42 @@ async def start(hub: Hub, user: str, server: str, site: str | None,
 async def stop(hub: Hub, user: str, server: str, actor: str) -> bool:
     """Ask the site to stop a server. Returns False if it was not running (nothing to do).
     The route is removed at once so no request reaches a server being stopped."""
-    user = get_user(hub, user).name
-    server = valid_server(server)
+    return await _stop(hub, get_user(hub, user).name, valid_server(server), actor)
+
+
+async def stop_all(hub: Hub, user: str, actor: str) -> None:
+    """Stop every server of ``user`` that is on its way or running, as the log (not the
+    tables, which may lag) has them: a deleted user's servers must not run on."""
+    for item in await hub.store.latest_per_subject(subjects.servers_of(user)):
+        server = item.event.data.get("server")
+        if status_of(item).active and isinstance(server, str):
+            await _stop(hub, user, server, actor)
+
+
+async def user_deleted(hub: Hub, user: str) -> bool:
+    """True if the log's latest word on ``user`` is its deletion (or there is none)."""
+    last = await hub.store.last(subjects.user(user))
+    return last is None or last.event.type == ev.UserDeleted.TYPE
+
+
+async def _stop(hub: Hub, user: str, server: str, actor: str) -> bool:
     subject = subjects.server(user, server)
     for _attempt in range(3):
         last = await hub.store.last(subject)
         status = status_of(last)
         if last is None or not status.active:
             return False
-        if status is ev.ServerStatus.STOPPING:
-            return True
         p = last.event.payload()
         site, spawn_id = getattr(p, "site", ""), getattr(p, "spawn_id", "")
+        if status is ev.ServerStatus.REQUESTED or (
+                status is ev.ServerStatus.STOPPING and site == "auto"):
+            # No site was told to start it (placement comes with ServerAccepted, then the
+            # command), so none will answer a stop: end it here.
+            if await _end_unplaced(hub, last, p, actor):
+                return True
+            continue
+        if status is ev.ServerStatus.STOPPING:
+            return True
         try:
             await hub.emit(subject, ev.ServerStopRequested(
                 user=user, server=server, site=site, spawn_id=spawn_id, requested_by=actor,
@@ -95,6 +119,19 @@ async def stop(hub: Hub, user: str, server: str, actor: str) -> bool:
             event_id=derived_id(spawn_id, "stop-command"))
         return True
     raise Conflict(f"server {user}/{server} keeps changing; try again")
+
+
+async def _end_unplaced(hub: Hub, last: StoredEvent, p: ev.Payload, actor: str) -> bool:
+    """Record a spawn that never reached a site as stopped; False if it moved on meanwhile."""
+    try:
+        await hub.emit(last.event.subject, ev.ServerStopped(
+            user=getattr(p, "user", ""), server=getattr(p, "server", ""),
+            site=getattr(p, "site", ""), spawn_id=getattr(p, "spawn_id", ""), progress=100,
+            reason="cancelled before a site was chosen", message="Server stopped"),
+            actor=actor, expected_seq=last.seq)
+    except Conflict:
+        return False
+    return True
 
 
 async def remove_route(hub: Hub, user: str, server: str, reason: str, parent: str) -> None:

@@ -31,6 +31,11 @@ def server(user_name: str, server_name: str) -> str:
     return f"{ROOT}.server.{server_key(user_name, server_name)}"
 
 
+def servers_of(user_name: str) -> str:
+    """Wildcard of every server subject of one user."""
+    return f"{ROOT}.server.{subject_token(user_name)}.*"
+
+
 def route(user_name: str, server_name: str) -> str:
     """Subject of one route (added, removed); latest event = current route."""
     return f"{ROOT}.route.{server_key(user_name, server_name)}"
