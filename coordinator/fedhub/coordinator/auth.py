@@ -23,6 +23,7 @@ from fedhub.coordinator.db import Credential, EndedSession, Token, User, aware, 
 from fedhub.coordinator.errors import BadRequest, Forbidden, Unauthorized
 from fedhub.events.envelope import uuid7
 from fedhub.events.errors import InvalidToken
+from fedhub.events.signing import issued_before
 from fedhub.schemas import subjects
 from fedhub.schemas.events import TokenIssued, UserLoggedIn, UserLoggedOut, UserLoginFailed
 
@@ -143,9 +144,6 @@ _TOKEN_USER = (select(Token.id, User.name, User.admin)
 _SESSION_USER = (select(User.name, User.admin, User.created)
                  .where(User.name == bindparam("sub"),
                         ~exists().where(EndedSession.session_id == bindparam("sid"))))
-# Seconds a session may seem to predate its account: the cookie's ``iat`` and the event's
-# time come from different clocks (as the edge proxy allows).
-_CLOCK_SLACK = 5
 
 
 def identify(hub: Hub, request: Request) -> Identity | None:
@@ -174,8 +172,7 @@ def identify(hub: Hub, request: Request) -> Identity | None:
     if not user:
         return None  # no such user (any more), or logged out of
     name, admin, created = user[0]
-    iat = claims.get("iat")
-    if not isinstance(iat, int | float) or iat < aware(created).timestamp() - _CLOCK_SLACK:
+    if issued_before(claims, aware(created).timestamp()):
         return None  # a session of an earlier account of the same name
     return Identity(name, admin, "session", session_id=sid)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedhub.edge_proxy.state import COORDINATOR, ProxyState
 from fedhub.events.errors import InvalidToken
+from fedhub.events.signing import issued_before
 
 SESSION_COOKIE = "fedhub-session"
 _CACHE_LIMIT = 10_000
@@ -55,9 +56,7 @@ class Authenticator:
         user = state.users.get(sub) if isinstance(sub, str) else None
         if user is None:
             raise InvalidToken("unknown user")
-        iat = claims.get("iat")
-        # A token issued before the user (re)appeared belongs to an earlier account.
-        if isinstance(iat, int | float) and iat < user.created.timestamp() - 5:
+        if issued_before(claims, user.created.timestamp()):
             raise InvalidToken("token predates the account")
         return Identity(user.name, user.admin, typ)
 

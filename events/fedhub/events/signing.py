@@ -25,6 +25,16 @@ from nacl.signing import VerifyKey
 
 from fedhub.events.errors import InvalidSignature, InvalidToken
 
+CLOCK_SLACK = 5.0  # seconds by which the clocks of two machines of one hub may disagree
+
+
+def issued_before(claims: dict[str, Any], moment: float) -> bool:
+    """True if a token was issued (its ``iat``) before ``moment`` by more than the clock
+    slack; one without a numeric ``iat`` counts as issued before anything. A user's token
+    issued before their account existed belongs to an earlier account of the name."""
+    iat = claims.get("iat")
+    return not isinstance(iat, int | float) or iat < moment - CLOCK_SLACK
+
 
 def b64e(raw: bytes) -> str:
     """URL-safe base64 without padding."""

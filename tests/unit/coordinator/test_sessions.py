@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedhub.coordinator import auth
 from fedhub.coordinator.app import load_keys
 from fedhub.coordinator.auth import COOKIE
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.users import create_user
+from fedhub.events import signing
 from fedhub.schemas import subjects
 from fedhub.schemas.events import UserLoginFailed
 
@@ -56,7 +56,7 @@ async def test_a_new_account_of_a_deleted_name_inherits_neither_password_nor_ses
         hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     # No slack between the clocks of the cookie and the log (one machine here), so that
     # the account can come back at once.
-    monkeypatch.setattr(auth, "_CLOCK_SLACK", 0)
+    monkeypatch.setattr(signing, "CLOCK_SLACK", 0)
     async with client_of(hub) as old_bob:
         cookie = await log_in(old_bob, "bob", PASSWORD)
     async with await admin_client(hub) as root:
