@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", loop="uvloop", http="httptools")
+                log_level="warning", loop="uvloop", http="httptools",
+                forwarded_allow_ips=settings.trusted_proxies)
     return 0
 
 

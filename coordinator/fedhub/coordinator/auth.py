@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from sqlalchemy import bindparam, exists, select
 
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Credential, EndedSession, Token, User, aware, rows
-from fedhub.coordinator.errors import BadRequest, Forbidden, Unauthorized
+from fedhub.coordinator.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from fedhub.events.envelope import uuid7
 from fedhub.events.errors import InvalidToken
 from fedhub.events.signing import issued_before
@@ -80,12 +81,18 @@ def check_password(hub: Hub, user: str, password: str) -> bool:
 async def login(hub: Hub, raw_name: str, password: str, remote: str | None) -> str:
     """Check credentials, record the outcome in the log, return a session token.
 
-    Raises Forbidden (after logging ``UserLoginFailed``) on a bad name or password.
+    Raises Forbidden (after logging ``UserLoginFailed``) on a bad name or password, and
+    TooManyRequests, checking nothing, while this name or address has failed too often.
     """
     name = raw_name.strip().lower()[:64]
+    throttle = hub.login_throttle
+    wait = math.ceil(throttle.wait(name, remote))
+    if wait > 0:
+        raise TooManyRequests(f"Too many failed logins; try again in {wait} seconds", wait)
     with hub.sessions() as db:
         user = db.get(User, name)
     if user is None or not check_password(hub, name, password):
+        throttle.failed(name, remote)
         # What was typed for an unknown user stays out of the log, which keeps it for good:
         # it is as often a password typed into the wrong field as a probed name.
         known = name if user is not None else ""
@@ -94,6 +101,7 @@ async def login(hub: Hub, raw_name: str, password: str, remote: str | None) -> s
                        UserLoginFailed(name=known, reason=reason, remote_addr=remote),
                        actor=f"anonymous:{remote or '-'}")
         raise Forbidden("Invalid username or password")
+    throttle.succeeded(name)
     sid = uuid7()
     await hub.emit(subjects.login(name), UserLoggedIn(name=name, session_id=sid,
                    remote_addr=remote), actor=f"user:{name}")

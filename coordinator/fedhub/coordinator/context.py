@@ -14,6 +14,7 @@ from fedhub.coordinator.db import xsrf_secret
 from fedhub.coordinator.errors import Conflict, Unavailable
 from fedhub.coordinator.projection import ProjectionRunner
 from fedhub.coordinator.settings import CoordinatorSettings
+from fedhub.coordinator.throttle import LoginThrottle
 from fedhub.events.envelope import Envelope, new_event
 from fedhub.events.errors import ConcurrencyError, StoreUnavailable
 from fedhub.events.signing import KeyRing, SigningKey
@@ -41,6 +42,13 @@ class Hub:
         engine = self.sessions.kw["bind"]
         assert isinstance(engine, Engine)
         return engine
+
+    @functools.cached_property
+    def login_throttle(self) -> LoginThrottle:
+        """This coordinator's count of failed logins."""
+        s = self.settings
+        return LoginThrottle(s.login_failures_per_user, s.login_failures_per_address,
+                             s.login_failure_window)
 
     @functools.cached_property
     def xsrf_secret(self) -> bytes:

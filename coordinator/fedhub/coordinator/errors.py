@@ -6,6 +6,7 @@ CoordinatorError
 │   └── Forbidden     403
 ├── NotFound          404: unknown user, server, site or token
 ├── Conflict          409: already exists / changed concurrently
+├── TooManyRequests   429: too many failed logins (``retry_after`` seconds)
 └── Unavailable       503: the log (NATS) or a site cannot be reached
 """
 
@@ -38,6 +39,14 @@ class NotFound(CoordinatorError):
 
 class Conflict(CoordinatorError):
     status = 409
+
+
+class TooManyRequests(CoordinatorError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(CoordinatorError):

@@ -14,7 +14,7 @@ from fedhub.coordinator import auth, servers, users
 from fedhub.coordinator.api import hub_of
 from fedhub.coordinator.auth import COOKIE, Identity
 from fedhub.coordinator.db import Token
-from fedhub.coordinator.errors import Forbidden, NotFound
+from fedhub.coordinator.errors import Forbidden, NotFound, TooManyRequests
 from fedhub.coordinator.sites import SiteView, free_cpus, list_sites
 from fedhub.schemas.events import ServerStatus
 from fedhub.schemas.names import server_prefix
@@ -73,9 +73,12 @@ async def login_submit(request: Request, username: str = Form(""), password: str
     remote = request.client.host if request.client else None
     try:
         token = await auth.login(hub, username, password, remote)
-    except Forbidden as exc:
-        return render(request, "login.html", None, status=403, next=safe_next(next),
+    except (Forbidden, TooManyRequests) as exc:
+        page = render(request, "login.html", None, status=exc.status, next=safe_next(next),
                       error=exc.message, username=username[:64])
+        if isinstance(exc, TooManyRequests):
+            page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     resp = RedirectResponse(safe_next(next), 302)
     resp.set_cookie(COOKIE, token, max_age=int(hub.settings.cookie_max_age), path="/",
                     httponly=True, samesite="lax",

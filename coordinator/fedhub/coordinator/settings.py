@@ -34,6 +34,13 @@ class CoordinatorSettings(BaseSettings):
     site_lost_after: float = Field(3600.0, gt=0)  # unreachable this long: its servers are lost
     health_interval: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(1 << 20, gt=0)
+    # Failed logins allowed per user name and per client address within the window (0: no
+    # limit); beyond them, logins are refused with 429 until the oldest failure is older.
+    login_failures_per_user: int = Field(10, ge=0)
+    login_failures_per_address: int = Field(30, ge=0)
+    login_failure_window: float = Field(600.0, gt=0)
+    # Hosts whose X-Forwarded-For names the client (the edge proxies), comma-separated.
+    trusted_proxies: str = "127.0.0.1,::1"
 
     @field_validator("admin_user")
     @classmethod

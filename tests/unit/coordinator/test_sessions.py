@@ -147,3 +147,26 @@ async def test_a_failed_login_records_no_unknown_name(hub: Hub) -> None:
               if item.event.type == UserLoginFailed.TYPE]
     assert [(f.name, f.reason) for f in failed] == [("", "unknown user"),
                                                     ("bob", "wrong password")]
+
+
+async def test_password_guessing_is_paused_and_stays_out_of_the_log(make_hub: MakeHub,
+                                                                    tmp_path: Path) -> None:
+    hub = await make_hub(data_dir=tmp_path / "strict", login_failures_per_user=3)
+    await create_user(hub, "bob", admin=False, actor="test", password=PASSWORD)
+
+    async def failures() -> int:
+        return len([i async for i in hub.store.read(f"{subjects.ROOT}.login.>")
+                    if i.event.type == UserLoginFailed.TYPE])
+
+    async with client_of(hub) as c:
+        for guess in ("a", "b", "c"):
+            r = await c.post("/hub/login", data={"username": "bob", "password": guess})
+            assert r.status_code == 403
+        r = await c.post("/hub/login", data={"username": "Bob", "password": PASSWORD})
+        assert r.status_code == 429  # even the right password waits: nothing is checked
+        assert 590 <= int(r.headers["Retry-After"]) <= 600
+        assert "Too many failed logins; try again in" in r.text
+        assert COOKIE not in r.cookies
+        assert await failures() == 3  # refused attempts write nothing to the log
+        await create_user(hub, "ann", admin=False, actor="test", password=PASSWORD)
+        await log_in(c, "ann", PASSWORD)  # another account from the same address
