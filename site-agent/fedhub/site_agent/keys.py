@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -39,21 +39,30 @@ def write_atomic(path: Path, text: str) -> None:
 class KeyBook:
     """The log's key events folded by ``fedhub.events.enroll`` (the rule every consumer of
     the log shares: coordinator and edge-proxy keys signed by themselves, site keys
-    enrolled by a coordinator, revocations by a coordinator). The edge-proxy keys are
-    written to ``trusted-keys.json`` whenever they change."""
+    enrolled by a coordinator, revocations by a coordinator), once for the whole agent.
+    The edge-proxy keys are written to ``trusted_path`` (if given) whenever they change,
+    and every ``on_change`` callback runs after each change."""
 
-    def __init__(self, trusted_path: Path) -> None:
+    def __init__(self, trusted_path: Path | None = None) -> None:
         self.ring = KeyRing()
         self.path = trusted_path
         self._written: dict[str, dict[str, str]] | None = None
         self._seq = 0  # the last key event read in order (where a restarted follow resumes)
+        self._listeners: list[Callable[[], None]] = []
         self._write()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (which must not raise) whenever a key event was applied."""
+        self._listeners.append(callback)
 
     def apply(self, item: StoredEvent) -> bool:
         """Fold one key event; True if the ring changed. Never raises."""
         changed = enroll(self.ring, item)
         if changed:
             self._write()
+        if changed or item.event.type == "KeyRevoked":
+            for callback in self._listeners:
+                callback()
         return changed
 
     async def read(self, store: EventStore) -> None:
@@ -91,7 +100,7 @@ class KeyBook:
     def _write(self) -> None:
         proxies = {kid: entry for kid, entry in self.ring.as_dict().items()
                    if entry["role"] == TRUSTED_ROLE}
-        if proxies == self._written:
+        if proxies == self._written or self.path is None:
             return
         write_atomic(self.path, json.dumps(proxies, indent=1))
         for kid in proxies.keys() - (self._written or {}).keys():

@@ -2,9 +2,10 @@
 
 Edge proxies announce their tunnel endpoint in ``EdgeProxyStarted`` on
 ``fedhub.proxy.<name>``, signed with their key; their ``KeyPublished`` (self-signed, trusted
-by ``fedhub.events.enroll``) gives the host key to pin. The manager follows both subject
-families, keeps one :class:`ProxyLink` per trusted announcement (the latest per proxy
-name), and drops a link whose proxy key was revoked. A server of a tunnelled site gets
+by ``fedhub.events.enroll``) gives the host key to pin. The manager follows the
+announcements and hears of key changes from the agent's :class:`KeyBook`, keeps one
+:class:`ProxyLink` per trusted announcement (the latest per proxy name), and drops a link
+whose proxy key was revoked. A server of a tunnelled site gets
 the route target ``tunnel://<site-token>/<user-token>.<server-token>`` while its
 readiness checks and forwards go to the local address its backend reported; that local
 address is kept in the ServerStarted state (``tunnel_local_target``) so a restarted agent
@@ -21,14 +22,14 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlsplit
 
-from fedhub.events.enroll import enroll
 from fedhub.events.errors import EventLogError
-from fedhub.events.signing import KeyRing, SigningKey
+from fedhub.events.signing import SigningKey
 from fedhub.events.sshkeys import ssh_private_key, ssh_public_key
 from fedhub.events.store import EventStore, StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted
 from fedhub.schemas.names import subject_token
+from fedhub.site_agent.keys import KeyBook
 from fedhub.site_agent.tunnel_link import Destination, Endpoint, ProxyLink
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,14 @@ class TunnelManager:
     """One tunnel per trusted edge proxy, each forwarding every running server."""
 
     def __init__(self, site: str, key: SigningKey, store: EventStore,
-                 keepalive: float = 15.0) -> None:
+                 keepalive: float = 15.0, keys: KeyBook | None = None) -> None:
+        """``keys``: the agent's key book, which it follows; without one the manager
+        keeps and follows its own."""
         self.site = site
         self.store = store
-        self.keyring = KeyRing()
+        self._follows_keys = keys is None
+        self.keys = keys if keys is not None else KeyBook()
+        self.keys.on_change(self._reconcile)
         self.servers: dict[str, Destination] = {}
         self.links: dict[str, ProxyLink] = {}
         self._client_key = ssh_private_key(key)
@@ -70,19 +75,17 @@ class TunnelManager:
     # -- the log ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow keys and proxy announcements forever (safe to restart after a failure)."""
+        """Follow proxy announcements (and keys, if the book is its own) forever; safe to
+        restart after a failure."""
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow("fedhub.key.>", self._on_key))
-            group.create_task(self._follow("fedhub.proxy.>", self._on_proxy))
+            if self._follows_keys:
+                group.create_task(self.keys.follow(self.store))
+            group.create_task(self._follow_proxies())
 
-    async def _follow(self, pattern: str, handle: Any) -> None:
-        async with aclosing(self.store.follow(pattern)) as events:
+    async def _follow_proxies(self) -> None:
+        async with aclosing(self.store.follow("fedhub.proxy.>")) as events:
             async for item in events:
-                handle(item)
-
-    def _on_key(self, item: StoredEvent) -> None:
-        if enroll(self.keyring, item) or item.event.type == "KeyRevoked":
-            self._reconcile()
+                self._on_proxy(item)
 
     def _on_proxy(self, item: StoredEvent) -> None:
         try:
@@ -107,7 +110,7 @@ class TunnelManager:
         env = item.event
         started = env.payload_as(EdgeProxyStarted)
         try:
-            signer = env.verify(self.keyring, frozenset({PROXY_ROLE}))
+            signer = env.verify(self.keys.ring, frozenset({PROXY_ROLE}))
         except EventLogError:
             return None  # its key is unknown (yet), revoked, or it is forged
         if signer.kid != started.kid or signer.name != started.name:
@@ -121,7 +124,7 @@ class TunnelManager:
         started = item.event.payload_as(EdgeProxyStarted)
         if not started.tunnel_host or started.tunnel_port <= 0:
             return None
-        public = self.keyring.as_dict()[started.kid]["public_key"]
+        public = self.keys.ring.as_dict()[started.kid]["public_key"]
         return Endpoint(started.name, started.kid, started.tunnel_host, started.tunnel_port,
                         ssh_public_key(public))
 

@@ -68,17 +68,17 @@ async def manager() -> AsyncIterator[TunnelManager]:
 
 async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -> None:
     proxy, coordinator, stranger = (SigningKey.generate() for _ in range(3))
-    manager._on_key(stored(1, key_event(coordinator, "coordinator", "hub")))
+    manager.keys.apply(stored(1, key_event(coordinator, "coordinator", "hub")))
     manager._on_proxy(stored(2, started(proxy, "edge1")))
     assert manager.links == {}  # the proxy's key is not known yet
-    manager._on_key(stored(3, key_event(proxy, "edge-proxy", "edge1")))
+    manager.keys.apply(stored(3, key_event(proxy, "edge-proxy", "edge1")))
     assert list(manager.links) == ["edge1"]
     link = manager.links["edge1"]
     assert (link.endpoint.port, link.endpoint.kid) == (2222, proxy.kid)
     assert public_b64(link.endpoint.host_key) == proxy.public_b64
 
     # a forged announcement (another key signs for edge1) changes nothing
-    manager._on_key(stored(4, key_event(stranger, "edge-proxy", "evil")))
+    manager.keys.apply(stored(4, key_event(stranger, "edge-proxy", "evil")))
     manager._on_proxy(stored(5, started(stranger, "edge1", port=9999)))
     assert manager.links["edge1"] is link
     manager._on_proxy(stored(6, started(proxy, "edge1", port=9999, signer=stranger)))
@@ -93,13 +93,13 @@ async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -
     # revoking the proxy's key ends its tunnel
     revoke = new_event(subjects.key(proxy.kid), KeyRevoked(kid=proxy.kid),
                        actor="coordinator", signer=coordinator)
-    manager._on_key(stored(9, revoke))
+    manager.keys.apply(stored(9, revoke))
     assert manager.links == {}
 
 
 async def test_a_proxy_without_tunnels_gets_no_link(manager: TunnelManager) -> None:
     proxy = SigningKey.generate()
-    manager._on_key(stored(1, key_event(proxy, "edge-proxy", "edge1")))
+    manager.keys.apply(stored(1, key_event(proxy, "edge-proxy", "edge1")))
     manager._on_proxy(stored(2, started(proxy, "edge1", port=0)))
     assert manager.links == {}
 
