@@ -73,7 +73,7 @@ def test_defaults_and_memory_in_mib() -> None:
     ({"privileged": True}, "privileged"),
 ])
 def test_config_errors_are_clear(extra: dict[str, Any], message: str) -> None:
-    with pytest.raises(BackendError, match="invalid docker backend_config") as err:
+    with pytest.raises(BackendError, match="invalid Docker backend_config") as err:
         config(**extra)
     assert message in str(err.value)
 

@@ -406,7 +406,7 @@ def test_config_defaults_and_units() -> None:
 def test_config_errors_are_clear(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(BackendError) as err:
         load_config(raw)
-    assert str(err.value).startswith("invalid backend_config for the slurm backend: ")
+    assert str(err.value).startswith("invalid Slurm backend_config: ")
     assert message in str(err.value)
 
 

@@ -12,10 +12,27 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from fedhub.schemas.names import server_key
 from fedhub.schemas.resources import OptionSpec
+from fedhub.site_agent.errors import BackendError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def validated_config(model: type[ConfigT], raw: Mapping[str, Any], backend: str) -> ConfigT:
+    """A site's ``backend_config`` as ``model``; raises BackendError naming every problem
+    at once (``invalid <backend> backend_config: <field>: <why>; ...``)."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'backend_config'}: "
+            f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
+        raise BackendError(f"invalid {backend} backend_config: {problems}") from None
 
 
 @dataclass(frozen=True)

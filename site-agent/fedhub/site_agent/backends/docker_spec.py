@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionKind, OptionSpec, parse_memory
-from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec
+from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec, validated_config
 from fedhub.site_agent.errors import BackendError
 
 LABEL_SITE = "fedhub.site"
@@ -156,13 +156,7 @@ class DockerConfig(BaseModel):
 
 def parse_config(raw: Mapping[str, Any]) -> DockerConfig:
     """The validated config; raises BackendError naming every problem."""
-    try:
-        return DockerConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'backend_config'}: {err['msg']}"
-            for err in exc.errors())
-        raise BackendError(f"invalid docker backend_config: {problems}") from None
+    return validated_config(DockerConfig, raw, "Docker")
 
 
 def docker_token(name: str) -> str:

@@ -40,7 +40,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -52,7 +51,7 @@ from fedhub.schemas.resources import (
     OptionKind,
     OptionSpec,
 )
-from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec
+from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec, validated_config
 from fedhub.site_agent.backends.batch import (
     BatchBackend,
     CommandError,
@@ -187,13 +186,7 @@ class HTCondorConfig(BaseModel):
 
 def load_config(raw: Mapping[str, Any]) -> HTCondorConfig:
     """The validated config; raises BackendError naming every problem at once."""
-    try:
-        cfg = HTCondorConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'backend_config'}: "
-            f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
-        raise BackendError(f"invalid HTCondor backend_config: {problems}") from exc
+    cfg = validated_config(HTCondorConfig, raw, "HTCondor")
     issues: list[str] = []
     if cfg.universe == "container" and not cfg.container_image:
         issues.append("universe = 'container' needs container_image")

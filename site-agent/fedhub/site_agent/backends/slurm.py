@@ -33,7 +33,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -45,7 +44,7 @@ from fedhub.schemas.resources import (
     OptionKind,
     OptionSpec,
 )
-from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec
+from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec, validated_config
 from fedhub.site_agent.backends.batch import (
     BatchBackend,
     Cached,
@@ -175,14 +174,7 @@ class SlurmConfig(BaseModel):
 
 def load_config(raw: Mapping[str, Any]) -> SlurmConfig:
     """The validated config; raises BackendError listing every problem."""
-    try:
-        return SlurmConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors())
-        raise BackendError(f"invalid backend_config for the slurm backend: {problems}") from exc
+    return validated_config(SlurmConfig, raw, "Slurm")
 
 
 # -- pure parsing -----------------------------------------------------------------------

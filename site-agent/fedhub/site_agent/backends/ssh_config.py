@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedhub.site_agent.backends.base import validated_config
 from fedhub.site_agent.errors import BackendError
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*")
@@ -114,14 +115,7 @@ class SSHConfig(BaseModel):
 
 def load_config(raw: dict[str, Any]) -> SSHConfig:
     """Validate ``backend_config``; raises BackendError listing every problem."""
-    try:
-        config = SSHConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'backend_config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise BackendError(f"invalid SSH backend_config: {problems}") from exc
+    config = validated_config(SSHConfig, raw, "SSH")
     labels = [h.label for h in config.hosts]
     if len(set(labels)) != len(labels):
         raise BackendError("invalid SSH backend_config: hosts: the same host is listed twice")
