@@ -11,6 +11,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # procps (pgrep) is used by the tests to prove no server process is left behind.
   missing=()
   command -v pgrep >/dev/null || missing+=(procps)
+  # the system Python runs a stand-in server as a fresh system user (local system_users)
+  [ -x /usr/bin/python3 ] || missing+=(python3)
   # chromium runs the browser tests (tests/browser, driven by playwright-core).
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   { [ -x /usr/sbin/sshd ] && command -v ip >/dev/null; } || missing+=(openssh-server iproute2)  # SSH site tests

@@ -1,10 +1,18 @@
-"""A backend that runs each server as a detached ``jupyter lab`` process on this machine."""
+"""A backend that runs each server as a detached ``jupyter lab`` process on this machine.
+
+By default every server runs as the agent's own OS account (a trial or single-tenant
+site: users can then read what that account can). With ``system_users`` (the agent runs
+as root) each server runs as the OS account of the same name, in its home directory, as
+JupyterHub's LocalProcessSpawner does. Either way a server gets only the environment
+variables named in ``env_keep``, never the agent's others.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -12,6 +20,8 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionSpec
@@ -21,6 +31,7 @@ from fedhub.site_agent.backends.base import (
     JobStatus,
     Phase,
     ServerSpec,
+    validated_config,
 )
 from fedhub.site_agent.backends.process import (
     ProcessGroup,
@@ -40,6 +51,17 @@ log = logging.getLogger(__name__)
 
 IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
 STOP_GRACE = 10.0
+# What a server inherits from the agent's environment (JupyterHub's Spawner.env_keep).
+ENV_KEEP = ("PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LANG",
+            "LC_ALL", "TZ")
+
+
+class LocalConfig(BaseModel):
+    """``[site_agent.backend_config]`` of a local site."""
+
+    model_config = ConfigDict(extra="forbid")
+    system_users: bool = False
+    env_keep: list[str] = Field(default_factory=lambda: list(ENV_KEEP))
 
 
 PORT_HOLD = 120.0  # seconds a port handed out is not handed out again
@@ -132,24 +154,61 @@ class LocalProcessBackend:
         jupyter_command: list[str],
         ready_timeout: float = 120.0,
         host: str = "127.0.0.1",
+        config: LocalConfig | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.jupyter_command = list(jupyter_command)
         self.ready_timeout = ready_timeout
         self.host = host
+        self.config = config or LocalConfig()
+        if self.config.system_users and os.geteuid() != 0:
+            raise BackendError("system_users needs the site agent to run as root")
 
     @property
     def trusted_keys_path(self) -> Path:
         """The edge proxies' public keys, handed to every server."""
         return self.data_dir / "trusted-keys.json"
 
-    def _argv(self, spec: ServerSpec, port: int, root: Path) -> list[str]:
+    def _account(self, user: str) -> pwd.struct_passwd | None:
+        """The OS account ``user``'s server runs as (None: the agent's own)."""
+        if not self.config.system_users:
+            return None
+        try:
+            account = pwd.getpwnam(user)
+        except KeyError:
+            raise BackendError(f"this site runs servers as system users, and there is no "
+                               f"system account named {user!r}") from None
+        if account.pw_uid == 0:
+            raise BackendError(f"refusing to run a server as {user!r}, which is root")
+        if not Path(account.pw_dir).is_dir():
+            raise BackendError(f"the home directory {account.pw_dir} of {user!r} is missing")
+        return account
+
+    def _env(self, spec: ServerSpec, root: Path, account: pwd.struct_passwd | None
+             ) -> dict[str, str]:
+        env = {name: os.environ[name] for name in self.config.env_keep if name in os.environ}
+        env.update(HOME=str(root), FEDHUB_TRUSTED_KEYS=str(self.trusted_keys_path),
+                   FEDHUB_SERVER_PREFIX=spec.prefix, FEDHUB_SERVER_USER=spec.user)
+        if account is not None:
+            env.update(USER=account.pw_name, LOGNAME=account.pw_name, SHELL=account.pw_shell)
+        return env
+
+    def _argv(self, spec: ServerSpec, port: int, root: Path,
+              account: pwd.struct_passwd | None = None) -> list[str]:
         exe = shutil.which(self.jupyter_command[0])
         if exe is None:
             raise BackendError(f"cannot find the Jupyter command {self.jupyter_command[0]!r}")
+        become: list[str] = []
+        if account is not None:  # the process itself drops to the account before exec
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                raise BackendError("system_users needs setpriv (Debian package util-linux)")
+            become = [setpriv, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+                      "--init-groups", "--"]
         # Root is refused by Jupyter unless told; containers and test machines run as root.
-        root_flag = ["--allow-root"] if os.geteuid() == 0 else []
+        root_flag = ["--allow-root"] if os.geteuid() == 0 and account is None else []
         return [
+            *become,
             exe,
             *self.jupyter_command[1:],
             "--no-browser",
@@ -169,16 +228,13 @@ class LocalProcessBackend:
 
     async def _launch(self, spec: ServerSpec) -> dict[str, Any]:
         """Spawn the server on a fresh port; returns its job state."""
-        root = self.data_dir / "users" / subject_token(spec.user)
+        account = self._account(spec.user)
+        root = (Path(account.pw_dir) if account is not None
+                else self.data_dir / "users" / subject_token(spec.user))
         log_path = self.data_dir / "logs" / f"{spec.key}.log"
         port = free_port(self.host)
-        argv = self._argv(spec, port, root)
-        env = {
-            **os.environ,
-            "FEDHUB_TRUSTED_KEYS": str(self.trusted_keys_path),
-            "FEDHUB_SERVER_PREFIX": spec.prefix,
-            "FEDHUB_SERVER_USER": spec.user,
-        }
+        argv = self._argv(spec, port, root, account)
+        env = self._env(spec, root, account)
         try:
             root.mkdir(parents=True, exist_ok=True)
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +388,11 @@ class LocalProcessBackend:
 
 
 def from_settings(settings: SiteAgentSettings) -> LocalProcessBackend:
-    """The local backend as configured (it takes no ``backend_config``)."""
-    if settings.backend_config:
-        raise BackendError("the local backend takes no backend_config")
+    """The local backend as configured (``system_users``, ``env_keep``)."""
+    config = validated_config(LocalConfig, settings.backend_config, "local")
+    if not config.system_users and os.geteuid() == 0:
+        log.warning("every user's server runs as root on this machine; set system_users "
+                    "= true in backend_config to run each as the user's own account")
     return LocalProcessBackend(settings.data_dir, jupyter_command=settings.jupyter_command,
-                               ready_timeout=settings.ready_timeout)
+                               ready_timeout=settings.ready_timeout, config=config)
+
