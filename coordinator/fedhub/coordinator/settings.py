@@ -18,7 +18,10 @@ class CoordinatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEDHUB_", extra="ignore")
     toml_section: ClassVar[str] = "coordinator"
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # several: comma-separated (one cluster)
+    # Servers of the NATS cluster that keep a copy of the log (3 for a 3-node cluster: the
+    # log survives the loss of any one); an existing stream is scaled up to it.
+    stream_replicas: int = Field(1, ge=1, le=5)
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=0, le=65535)
     data_dir: Path = Field(default_factory=default_data_dir)

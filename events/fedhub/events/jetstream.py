@@ -71,6 +71,32 @@ class _JetStreamDelivery:
         await self._msg.nak(delay=delay)
 
 
+FOLLOW_CHECK = 3.0  # seconds of quiet after which a follower checks its consumer delivers
+FOLLOW_RETRY_MAX = 10.0  # seconds between a lost follower's attempts to resume
+
+
+class _ConsumerLost(Exception):
+    """An ordered consumer that no longer delivers (its server went away)."""
+
+
+def servers(url: str) -> list[str]:
+    """The NATS servers of a ``nats_url``: one URL, or several separated by commas (the
+    client learns the rest of a cluster from whichever answers)."""
+    found = [part.strip() for part in url.split(",") if part.strip()]
+    if not found:
+        raise StoreUnavailable("no NATS server URL given")
+    return found
+
+
+async def _delivering(sub: JetStreamContext.PushSubscription) -> bool:
+    """True if the consumer behind ``sub`` still exists and pushes to this client."""
+    try:
+        info = await sub.consumer_info()
+    except (TimeoutError, NatsError):  # gone, or its server does not answer
+        return False
+    return bool(info.push_bound)
+
+
 class JetStreamStore:
     """EventStore backed by a NATS JetStream stream; see EventStore for the contract."""
 
@@ -115,7 +141,7 @@ class JetStreamStore:
             # Once connected, reconnect forever; the first connection gets a deadline so a
             # wrong URL is reported instead of retried silently.
             await asyncio.wait_for(nc.connect(
-                url,
+                servers(url),
                 name=name,
                 user_credentials=credentials,
                 max_reconnect_attempts=-1,
@@ -138,11 +164,17 @@ class JetStreamStore:
         store = cls(nc, nc.jetstream(), bounded_reads=not inbox_prefix,
                     direct_reads=credentials is None)
         if create_streams:
-            await store.ensure_streams(replicas=replicas)
+            try:
+                await store.ensure_streams(replicas=replicas)
+            except StoreUnavailable:  # e.g. a cluster still electing: the caller retries
+                await nc.close()
+                raise
         return store
 
     async def ensure_streams(self, *, replicas: int = 1) -> None:
-        """Create the FEDHUB and health streams if missing (idempotent)."""
+        """Create the FEDHUB and health streams if missing (idempotent), kept on
+        ``replicas`` servers of the cluster; a stream kept on fewer is scaled up (never
+        down: a component configured with fewer must not undo another's choice)."""
         log_cfg = jsapi.StreamConfig(
             name=self._stream,
             subjects=[ALL],
@@ -161,13 +193,26 @@ class JetStreamStore:
             max_age=3600.0,
             allow_direct=True,
         )
-        for cfg in (log_cfg, health_cfg):
+        for name, cfg in ((self._stream, log_cfg), (HEALTH_STREAM, health_cfg)):
             try:
                 await self._js.add_stream(cfg)
             except APIError as exc:
-                log.debug("stream %s exists: %s", cfg.name, exc)
+                log.debug("stream %s exists: %s", name, exc)
+                await self._scale_up(name, replicas)
             except NatsError as exc:
-                raise StoreUnavailable(f"cannot create stream {cfg.name}: {exc}") from exc
+                raise StoreUnavailable(f"cannot create stream {name}: {exc}") from exc
+
+    async def _scale_up(self, stream: str, replicas: int) -> None:
+        try:
+            config = (await self._js.stream_info(stream)).config
+            if (config.num_replicas or 1) >= replicas:
+                return
+            config.num_replicas = replicas
+            await self._js.update_stream(config)
+        except NatsError as exc:
+            raise StoreUnavailable(f"cannot keep stream {stream} on {replicas} servers: "
+                                   f"{exc}") from exc
+        log.info("stream %s is now kept on %d servers", stream, replicas)
 
     async def close(self) -> None:
         """Drain and close the connection."""
@@ -249,12 +294,17 @@ class JetStreamStore:
                 yield item
 
     async def _ordered_msgs(
-        self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool
+        self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool,
+        watch: bool = False,
     ) -> AsyncGenerator[Msg, None]:
         """An ordered (flow-controlled, gap-free) push consumer over ``subjects``.
 
         The consumer is named, so the server sees the filter in the API subject and can
-        refuse a site credential that asks for subjects it may not read.
+        refuse a site credential that asks for subjects it may not read. With ``watch``,
+        after each quiet spell it checks that the consumer still delivers to it, and
+        raises _ConsumerLost when not: in a cluster, an ordered consumer lives on one
+        server, and the client's own recovery recreates it under its old name, which
+        the cluster refuses for as long as it remembers that consumer.
         """
         config.name = self._nc._nuid.next().decode()
         try:
@@ -280,8 +330,10 @@ class JetStreamStore:
                     return
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=None)
+                    msg = await sub.next_msg(timeout=FOLLOW_CHECK if watch else None)
                 except TimeoutError:  # nats-py raises its own or asyncio's
+                    if watch and not await _delivering(sub):
+                        raise _ConsumerLost(subjects) from None
                     continue
                 yield msg
                 if until_caught_up and msg.metadata.num_pending == 0:
@@ -289,7 +341,7 @@ class JetStreamStore:
         finally:
             try:
                 await sub.unsubscribe()
-            except NatsError:
+            except (NatsError, TimeoutError):
                 pass
 
     async def _pulled(
@@ -326,8 +378,30 @@ class JetStreamStore:
     async def follow(
         self, subjects: str = ALL, *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
-        async for item in self._ordered(subjects, self._start_config(start), until_caught_up=False):
-            yield item
+        """See EventStore.follow. Raises StoreUnavailable only if it cannot start; once
+        following, it outlives the loss of any NATS server: a consumer that stops
+        delivering is replaced by a new one from the next event, retried until the
+        cluster takes it."""
+        following, pause = False, 0.5
+        while True:
+            try:
+                async for msg in self._ordered_msgs(subjects, self._start_config(start),
+                                                    until_caught_up=False, watch=True):
+                    following, pause = True, 0.5
+                    start = int(msg.metadata.sequence.stream) + 1
+                    item = self._decoded(msg)
+                    if item is not None:
+                        yield item
+            except _ConsumerLost:
+                log.warning("following %s: the consumer stopped delivering (a NATS server "
+                            "went away?); resuming from event %d", subjects, start)
+            except StoreUnavailable as exc:
+                if not following:
+                    raise
+                log.warning("following %s: cannot resume from event %d yet (%s); retrying "
+                            "in %.1f s", subjects, start, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, FOLLOW_RETRY_MAX)
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
