@@ -139,7 +139,8 @@ def test_the_coordinator_and_proxy_units_start_serve_and_stop_cleanly(
     overrides = {
         "fedhub-coordinator.service": {
             **here, "FEDHUB_PORT": str(cport), "FEDHUB_ADMIN_PASSWORD": "unit-test-password",
-            "FEDHUB_PUBLIC_URL": f"http://127.0.0.1:{pport}"},
+            "FEDHUB_PUBLIC_URL": f"http://127.0.0.1:{pport}",
+            "FEDHUB_STREAM_REPLICAS": "1"},  # one nats-server here, not the example's three
         "fedhub-edge-proxy.service": {
             **here, "FEDHUB_PORT": str(pport), "FEDHUB_HUB_URL": f"http://127.0.0.1:{cport}",
             "FEDHUB_TUNNEL_HOST": "127.0.0.1", "FEDHUB_TUNNEL_PORT": "0",

@@ -24,7 +24,7 @@ from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
 from fedhub.schemas.events import UserCreated
 from fedhub.schemas.subjects import STREAM
-from tests.support.services import NatsCluster, nats_cluster
+from tests.support.services import NatsCluster, nats_cluster, nats_server
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -118,8 +118,9 @@ async def test_the_hub_loses_nothing_when_a_nats_server_goes(tmp_path: Path) -> 
             await patiently(lambda: hub.store.append(late))
             await patiently(lambda: hub.store.append(late))
             await create_user(hub, "a2", admin=False, actor="test")
-            assert await names_in(hub.store) == [f"u{i}" for i in range(10)] + [
-                "a1", "late", "a2"]
+            # (a read may wait out the cluster's own settling as well)
+            assert await patiently(lambda: names_in(hub.store)) == [
+                f"u{i}" for i in range(10)] + ["a1", "late", "a2"]
             last = await hub.store.last(subjects.user("u0"))
             assert last is not None and last.event.data["name"] == "u0"
             assert (await stream_on(cluster))[1] != leader
@@ -136,10 +137,18 @@ async def test_an_existing_log_is_scaled_up_and_never_down(tmp_path: Path) -> No
             await first.append(new_event(subjects.user(f"u{i}"), UserCreated(name=f"u{i}"),
                                          actor="test", signer=KEY))
         assert (await stream_on(cluster))[0] == 1  # one server holds it: losing that loses it
-        hub = await JetStreamStore.connect(cluster.url, replicas=3)
+        # (until every server has joined, the cluster has no three to place it on)
+        hub = await patiently(lambda: JetStreamStore.connect(cluster.url, replicas=3))
         assert (await stream_on(cluster))[0] == 3
         proxy = await JetStreamStore.connect(cluster.url)  # a component asking for fewer
         assert (await stream_on(cluster))[0] == 3
         assert await names_in(hub) == [f"u{i}" for i in range(5)]
         for store in (first, hub, proxy):
             await store.close()
+
+
+async def test_more_replicas_than_servers_is_refused_saying_why(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "lone") as url:
+        with pytest.raises(StoreUnavailable, match="cannot create stream FEDHUB on 3 servers: "
+                                                   "replicas > 1 not supported"):
+            await JetStreamStore.connect(url, replicas=3)

@@ -196,15 +196,20 @@ class JetStreamStore:
         for name, cfg in ((self._stream, log_cfg), (HEALTH_STREAM, health_cfg)):
             try:
                 await self._js.add_stream(cfg)
-            except APIError as exc:
-                log.debug("stream %s exists: %s", name, exc)
-                await self._scale_up(name, replicas)
+            except APIError as exc:  # it exists; or the server refuses it, said below
+                await self._scale_up(name, replicas, exc)
             except NatsError as exc:
                 raise StoreUnavailable(f"cannot create stream {name}: {exc}") from exc
 
-    async def _scale_up(self, stream: str, replicas: int) -> None:
+    async def _scale_up(self, stream: str, replicas: int, refused: APIError) -> None:
         try:
             config = (await self._js.stream_info(stream)).config
+        except NotFoundError:  # e.g. more replicas than a lone server can keep
+            raise StoreUnavailable(f"cannot create stream {stream} on {replicas} servers: "
+                                   f"{refused.description or refused}") from refused
+        except NatsError as exc:
+            raise StoreUnavailable(f"cannot read stream {stream}: {exc}") from exc
+        try:
             if (config.num_replicas or 1) >= replicas:
                 return
             config.num_replicas = replicas
