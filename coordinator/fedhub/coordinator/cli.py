@@ -20,6 +20,7 @@ import httpx
 
 from fedhub.coordinator import sitecli
 from fedhub.coordinator.embedded import CLI_TOKEN_FILE, RUNTIME_FILE, up
+from fedhub.coordinator.natsauth import HUB_USER, AuthFile
 from fedhub.schemas.config import default_data_dir
 
 COMPONENTS = {"coordinator": "fedhub.coordinator", "site-agent": "fedhub.site_agent",
@@ -114,13 +115,16 @@ def _site(args: argparse.Namespace) -> int:
             bundle = sitecli.add(call, data_dir, name=args.name, backend=args.backend,
                                  weight=args.weight, description=args.description,
                                  nats_url=nats_url, bundle_path=bundle_path,
-                                 tunnel=not args.direct)
+                                 tunnel=not args.direct, nats_auth=args.nats_auth)
         except FileExistsError as exc:
             raise CliError(str(exc)) from exc
         print(f"enrolled site {bundle.site} ({bundle.backend}); credentials: {bundle_path}")
-        if not bundle.nats_user:
-            print("  note: NATS is not managed here; give the site a credential limited to "
-                  f"fedhub.site.{bundle.site}.> (see fedhub.coordinator.natsauth)")
+        if args.nats_auth is not None:
+            print(_RELOAD_HINT.format(conf=args.nats_auth / "auth.conf"))
+        elif not bundle.nats_user:
+            print("  note: NATS is not managed here; pass --nats-auth DIR (see `fedhub "
+                  "nats-auth`), or give the site a credential limited to its subjects "
+                  "(fedhub.coordinator.natsauth.site_permissions)")
         print(f"  on the site run: fedhub site-agent --credentials {bundle_path.name}")
     elif args.action == "list":
         print(sitecli.table(call("GET", "/sites", None)))
@@ -131,9 +135,26 @@ def _site(args: argparse.Namespace) -> int:
         call("PATCH", f"/sites/{args.name}", {"weight": args.weight})
         print(f"site {args.name} weight set to {args.weight}")
     elif args.action == "remove":
-        result = sitecli.remove(call, data_dir, args.name)
+        result = sitecli.remove(call, data_dir, args.name, args.nats_auth)
         print(f"site {result['name']} removed; credentials revoked; "
               f"{result['servers_lost']} server(s) marked lost")
+        if args.nats_auth is not None:
+            print(_RELOAD_HINT.format(conf=args.nats_auth / "auth.conf"))
+    return 0
+
+
+_RELOAD_HINT = ("  NATS users changed: install {conf} on every NATS server (as the nats-auth "
+                "secret on Kubernetes) and reload them (nats-server --signal reload)")
+
+
+def _nats_auth(args: argparse.Namespace) -> int:
+    """Create the hub's NATS user in ``args.dir`` if missing; (re)write auth.conf."""
+    auth = AuthFile(args.dir)
+    auth.ensure_hub()
+    print(f"NATS users in {auth.conf_path}; the hub's password (user {HUB_USER}) is in "
+          f"{args.dir / 'hub-password'}: give coordinators and edge proxies "
+          f"nats://{HUB_USER}:PASSWORD@HOST:4222 in FEDHUB_NATS_URL")
+    print(_RELOAD_HINT.format(conf=auth.conf_path))
     return 0
 
 
@@ -203,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
     sadd.add_argument("--nats-url", help="NATS address the site's agent dials (default: up's)")
     sadd.add_argument("--direct", action="store_true",
                       help="the proxy can reach the site's servers directly (no tunnel)")
+    nats_auth_help = ("directory of the NATS users of a NATS you run (see `fedhub "
+                      "nats-auth`); the site's user is added there")
+    sadd.add_argument("--nats-auth", type=Path, help=nats_auth_help)
     site_sub.add_parser("list", help="sites, health, capacity, running servers")
     sdrain = site_sub.add_parser("drain", help="stop new placements at a site")
     sdrain.add_argument("name")
@@ -211,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
     sweight.add_argument("weight", type=int)
     sremove = site_sub.add_parser("remove", help="remove a site and revoke its credentials")
     sremove.add_argument("name")
+    sremove.add_argument("--nats-auth", type=Path, help=nats_auth_help)
+    nauth = sub.add_parser("nats-auth", help="create the hub's user for a NATS you run "
+                                             "(writes DIR/auth.conf for nats-server)")
+    nauth.add_argument("dir", type=Path)
     aud = sub.add_parser("audit", help="print the timeline from the log")
     aud.add_argument("--user", help="only this user's events (read by subject: fast)")
     aud.add_argument("--site", help="only this site's events and its servers' events")
@@ -244,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return _audit(args)
         if args.command == "site":
             return _site(args)
+        if args.command == "nats-auth":
+            return _nats_auth(args)
     except CliError as exc:
         print(f"fedhub: {exc}", file=sys.stderr)
         return 1

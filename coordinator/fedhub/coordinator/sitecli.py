@@ -22,8 +22,13 @@ from fedhub.schemas.bundle import Bundle
 Call = Callable[[str, str, Any], Any]
 
 
-def local_nats(data_dir: Path) -> tuple[AuthFile, int | None] | None:
-    """The embedded hub's NATS users and server pid, if this machine runs ``fedhub up``."""
+def local_nats(data_dir: Path, nats_auth: Path | None = None
+               ) -> tuple[AuthFile, int | None] | None:
+    """The NATS users to change: those in ``nats_auth`` (a NATS the operator runs; no pid
+    to signal), else the embedded hub's and its server pid, if this machine runs
+    ``fedhub up``; None if neither."""
+    if nats_auth is not None:
+        return AuthFile(nats_auth), None
     auth = AuthFile(data_dir / "nats")
     if not auth.users_path.exists():
         return None
@@ -33,7 +38,8 @@ def local_nats(data_dir: Path) -> tuple[AuthFile, int | None] | None:
 
 
 def add(call: Call, data_dir: Path, *, name: str, backend: str, weight: int,
-        description: str, nats_url: str, bundle_path: Path, tunnel: bool) -> Bundle:
+        description: str, nats_url: str, bundle_path: Path, tunnel: bool,
+        nats_auth: Path | None = None) -> Bundle:
     """Enroll a site and write its bundle; returns the bundle."""
     if bundle_path.exists():
         raise FileExistsError(f"{bundle_path} exists; choose another --bundle path")
@@ -41,7 +47,7 @@ def add(call: Call, data_dir: Path, *, name: str, backend: str, weight: int,
     site = call("POST", "/sites", {"name": name, "backend": backend, "weight": weight,
                                    "description": description, "public_key": key.public_b64})
     user = password = prefix = ""
-    nats = local_nats(data_dir)
+    nats = local_nats(data_dir, nats_auth)
     if nats is not None:
         auth, pid = nats
         user, password = auth.add_site(site["name"])
@@ -55,11 +61,13 @@ def add(call: Call, data_dir: Path, *, name: str, backend: str, weight: int,
     return bundle
 
 
-def remove(call: Call, data_dir: Path, name: str) -> dict[str, Any]:
+def remove(call: Call, data_dir: Path, name: str, nats_auth: Path | None = None
+           ) -> dict[str, Any]:
     """Remove a site: the log revokes its key and marks its servers lost; its NATS user
-    is deleted so its credential stops working at once."""
+    is deleted so its credential stops working at once (once a NATS the operator runs
+    has the new ``auth.conf``)."""
     result: dict[str, Any] = call("DELETE", f"/sites/{name}", None)
-    nats = local_nats(data_dir)
+    nats = local_nats(data_dir, nats_auth)
     if nats is not None:
         auth, pid = nats
         if auth.remove_site(result["name"]) and pid:
