@@ -105,15 +105,18 @@ class Hub:
 
 
 def kill_processes_of(root: Path) -> int:
-    """SIGKILL the process group of every process started with ``FEDHUB_DATA_DIR=root``
-    (servers and their kernels); returns how many groups."""
-    marker = f"FEDHUB_DATA_DIR={root}".encode()
+    """SIGKILL the process group of every process of the hub in ``root``: its components
+    (``FEDHUB_DATA_DIR=root``) and the servers and kernels its local site started (which
+    get only ``FEDHUB_TRUSTED_KEYS=root/trusted-keys.json`` of that environment); returns
+    how many groups."""
+    markers = {f"FEDHUB_DATA_DIR={root}".encode(),
+               f"FEDHUB_TRUSTED_KEYS={root / 'trusted-keys.json'}".encode()}
     groups = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
+            if markers & set((proc / "environ").read_bytes().split(b"\0")):
                 groups.add(os.getpgid(int(proc.name)))
         except (OSError, ProcessLookupError):
             continue
