@@ -27,6 +27,7 @@ from fedhub.events.errors import StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.schemas.bundle import Bundle
 from fedhub.schemas.config import load_settings
+from tests.support.ports import free_port
 from tests.support.services import nats_server_with_auth
 
 pytestmark = pytest.mark.integration
@@ -119,7 +120,10 @@ def test_nats_accepts_the_manifests_configuration(tmp_path: Path, users: Path) -
 async def test_the_nats_users_fedhub_writes_are_enforced(tmp_path: Path, users: Path) -> None:
     with nats_server_with_auth(users, users / "auth.conf") as (address, _):
         password = (users / "hub-password").read_text().strip()
-        hub = await JetStreamStore.connect(f"nats://hub:{password}@{address}")
+        # Credentials written into the first server's URL serve the others too (a
+        # cluster's: the first one is down here).
+        down = f"127.0.0.1:{free_port()}"
+        hub = await JetStreamStore.connect(f"nats://hub:{password}@{down},nats://{address}")
         await hub.close()
         bundle = Bundle.read(tmp_path / "hpc.json")
         assert bundle.nats_user == "site-hpc" and bundle.inbox_prefix

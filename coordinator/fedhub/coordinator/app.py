@@ -28,6 +28,7 @@ from fedhub.events.errors import StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
 from fedhub.events.signing import KeyRing, SigningKey
 from fedhub.events.store import EventStore
+from fedhub.events.supervise import keep_running
 from fedhub.schemas import subjects
 from fedhub.schemas.events import KeyPublished
 
@@ -83,9 +84,9 @@ def create_app(settings: CoordinatorSettings, store: EventStore | None = None) -
         hub = await open_hub(settings, store)
         app.state.hub = hub
         await load_keys(hub)
-        tasks = [asyncio.create_task(c, name=n) for n, c in (
-            ("projection", hub.projection.run()), ("reactor", reactor.run(hub)),
-            ("health", health.watch(hub)))]
+        tasks = [asyncio.create_task(keep_running(n, run), name=n) for n, run in (
+            ("projection", hub.projection.run), ("reactor", lambda: reactor.run(hub)),
+            ("health", lambda: health.watch(hub)))]
         await hub.projection.wait_for(await hub.store.last_seq(), timeout=120)
         await bootstrap(hub)
         log.info("coordinator %s ready on %s:%s", settings.name, settings.host, settings.port)

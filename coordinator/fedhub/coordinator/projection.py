@@ -200,22 +200,30 @@ class ProjectionRunner:
         so a burst costs a few transactions instead of one per event (most of a small
         transaction's cost is fixed, and a burst of spawns is CPU-bound)."""
         self.applied = self.position()
-        queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
+        queue: asyncio.Queue[StoredEvent | Exception] = asyncio.Queue()
 
         async def pump() -> None:
-            async for item in self._store.follow(start=self.applied + 1):
-                queue.put_nowait(item)
+            try:
+                async for item in self._store.follow(start=self.applied + 1):
+                    queue.put_nowait(item)
+            except Exception as exc:  # e.g. the log unreachable at start: run() raises it
+                queue.put_nowait(exc)
+
+        def event(got: StoredEvent | Exception) -> StoredEvent:
+            if isinstance(got, Exception):
+                raise got
+            return got
 
         pumping = asyncio.create_task(pump())
         committed, interval = 0.0, COMMIT_EVERY
         try:
             while True:
-                batch = [await queue.get()]
+                batch = [event(await queue.get())]
                 wait = committed + interval - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 while not queue.empty() and len(batch) < 1000:
-                    batch.append(queue.get_nowait())
+                    batch.append(event(queue.get_nowait()))
                 interval = next_interval(interval, len(batch))
                 await self._apply_while_reachable(batch)
                 committed = time.monotonic()

@@ -15,6 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -73,6 +74,16 @@ class _JetStreamDelivery:
 
 FOLLOW_CHECK = 3.0  # seconds of quiet after which a follower checks its consumer delivers
 FOLLOW_RETRY_MAX = 10.0  # seconds between a lost follower's attempts to resume
+
+
+def _credentials(urls: list[str]) -> tuple[str | None, str | None]:
+    """The user and password written into the first of ``urls`` that has any."""
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.username is not None:
+            password = unquote(parts.password) if parts.password is not None else None
+            return unquote(parts.username), password
+    return None, None
 
 
 class _ConsumerLost(Exception):
@@ -140,8 +151,14 @@ class JetStreamStore:
         try:
             # Once connected, reconnect forever; the first connection gets a deadline so a
             # wrong URL is reported instead of retried silently.
+            urls = servers(url)
+            user, password = _credentials(urls)
             await asyncio.wait_for(nc.connect(
-                servers(url),
+                urls,
+                # Given apart, not only in a URL: the client then uses them with every
+                # server of a cluster, the ones it fails over to and learns of included.
+                user=user,
+                password=password,
                 name=name,
                 user_credentials=credentials,
                 max_reconnect_attempts=-1,
@@ -397,7 +414,8 @@ class JetStreamStore:
                     item = self._decoded(msg)
                     if item is not None:
                         yield item
-            except _ConsumerLost:
+            except _ConsumerLost:  # it was subscribed, even if nothing came: resume for good
+                following = True
                 log.warning("following %s: the consumer stopped delivering (a NATS server "
                             "went away?); resuming from event %d", subjects, start)
             except StoreUnavailable as exc:

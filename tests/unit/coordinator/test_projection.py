@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from fedhub.coordinator.projection import (
     next_interval,
 )
 from fedhub.events.envelope import Envelope
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.memory import MemoryStore
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import events as ev
@@ -357,3 +358,16 @@ def test_commits_space_out_only_while_batches_hold_several_events() -> None:
         interval = next_interval(interval, 1)
         after.append(interval)
     assert after == [COMMIT_MAX / 2, COMMIT_MAX / 4, COMMIT_EVERY, COMMIT_EVERY]
+
+
+async def test_a_runner_whose_log_cannot_be_followed_fails_instead_of_waiting(
+        sessions: sessionmaker[Session]) -> None:
+    class Unreachable(MemoryStore):
+        async def follow(self, subjects: str = "fedhub.>", *, start: int = 1
+                         ) -> AsyncGenerator[StoredEvent, None]:
+            raise StoreUnavailable("cannot connect to NATS")
+            yield  # an async generator, as every store's follow is
+
+    runner = ProjectionRunner(Unreachable(), sessions)
+    with pytest.raises(StoreUnavailable):  # the coordinator then runs it again
+        await asyncio.wait_for(runner.run(), 5)
