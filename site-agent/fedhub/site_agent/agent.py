@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -19,6 +18,7 @@ from fedhub.events.errors import EventLogError, StoreUnavailable
 from fedhub.events.lanes import Lanes
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import Delivery, EventStore, StoredEvent
+from fedhub.events.supervise import keep_running
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
     ServerFailed,
@@ -46,7 +46,6 @@ from fedhub.site_agent.tunnel import TunnelManager
 log = logging.getLogger(__name__)
 _ENDED = frozenset({"ServerStopped", "ServerFailed"})
 CLEANUP_EVERY = 30  # monitor rounds between orphan cleanups
-HEALTHY_RUN = 60.0  # seconds of good running after which a failure is a first one again
 RETRY_COMMAND_AFTER = 5.0  # seconds before a command the log failed during comes again
 _BEFORE_AGENT = frozenset({"ServerRequested", "ServerAccepted"})
 
@@ -149,20 +148,7 @@ class SiteAgent:
 
     def _supervised(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]
                     ) -> asyncio.Task[None]:
-        async def loop() -> None:
-            delay = 1.0
-            while True:
-                began = time.monotonic()
-                try:
-                    await run()
-                    return
-                except Exception:  # keep the agent alive; the store may come back
-                    if time.monotonic() - began > HEALTHY_RUN:
-                        delay = 1.0  # one hiccup after a long good run is not an outage
-                    log.exception("%s loop failed; restarting in %.0f s", name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        return asyncio.create_task(loop(), name=f"site-agent-{name}")
+        return asyncio.create_task(keep_running(name, run), name=f"site-agent-{name}")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -208,7 +194,9 @@ class SiteAgent:
         if isinstance(cmd, StartServer):
             await self._on_start(env, cmd, ack)
         elif isinstance(cmd, StopServer):
-            self._spawn(self._on_stop(env, cmd, ack))
+            # In the server's lane, after any StartServer before it and before any after
+            # it: a stop must never be answered "not running" while its start is still due.
+            await self._on_stop(env, cmd, ack)
         else:
             log.warning("skipping %s on the command subject %s", env.type, env.subject)
             await ack()
@@ -328,9 +316,16 @@ class SiteAgent:
             if rec is not None:  # an older spawn the hub has moved on from
                 await self._stop(rec, "replaced by a newer spawn", env.id, "replaced")
             last = await self.store.last(self.subject(cmd.user, cmd.server))
-            if (last is not None and last.event.type in _ENDED
-                    and _spawn_of(last) == cmd.spawn_id):
-                return
+            if last is not None:
+                reported = _spawn_of(last)
+                if reported == cmd.spawn_id and last.event.type in _ENDED:
+                    return  # already answered
+                if supersedes(reported, cmd.spawn_id):
+                    # A late stop: saying anything about an older spawn now would hide the
+                    # newer one from the next check of the latest report.
+                    log.info("ignoring StopServer %s of spawn %s: spawn %s came after it",
+                             env.id, cmd.spawn_id, reported)
+                    return
             # Not ours (any more): say so, or the user would wait forever for a stop.
             await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerStopped(
                 user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
@@ -359,7 +354,9 @@ class SiteAgent:
                                       spawn_id=spec.spawn_id, progress=100)
         try:
             await self.backend.stop(rec.state)
-        except BackendError as exc:
+        except Exception as exc:  # the record must go whatever failed, or it blocks starts
+            if not isinstance(exc, BackendError):
+                log.exception("stopping %s failed", spec.key)
             self._forget(rec)
             await self.publisher.publish(self.subject(spec.user, spec.server), ServerFailed(
                 **common, reason=f"could not stop the server: {exc}",

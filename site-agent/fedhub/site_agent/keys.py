@@ -52,7 +52,7 @@ class KeyBook:
         self._write()
 
     def on_change(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (which must not raise) whenever a key event was applied."""
+        """Call ``callback`` whenever a key event was applied (what it raises is logged)."""
         self._listeners.append(callback)
 
     def apply(self, item: StoredEvent) -> bool:
@@ -62,7 +62,10 @@ class KeyBook:
             self._write()
         if changed or item.event.type == "KeyRevoked":
             for callback in self._listeners:
-                callback()
+                try:
+                    callback()
+                except Exception:  # a listener's bug must not stop the keys (or commands)
+                    log.exception("a listener of key changes failed")
         return changed
 
     async def read(self, store: EventStore) -> None:

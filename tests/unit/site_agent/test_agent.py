@@ -489,3 +489,70 @@ async def test_a_stop_for_a_spawn_that_never_reached_the_site_is_answered(
     await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped",
                               "ServerStopped"])
     assert (await reports(store))[-1] == ("ServerStopped", "s2")
+
+
+async def test_a_late_stop_after_the_newer_spawn_ended_changes_nothing(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerStopped"])
+    await send(store, stop_cmd(spawn_id="s1"))  # late: must not become the latest report,
+    await send(store, start_cmd(spawn_id="s2"))  # or this redelivery would start s2 again
+    await send(store, start_cmd(user="bob"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+    assert [s.spawn_id for s in backend.started if s.user == "alice"] == ["s2"]
+    assert (await reports(store))[-1] == ("ServerStopped", "s2")
+
+
+async def test_a_stop_that_comes_first_keeps_its_start_from_running(
+        settings: SiteAgentSettings) -> None:
+    # The hub can ask to stop a spawn right after placing it (its user was deleted): the
+    # stop may be read before the start. Its first look at the log is slow here.
+    class SlowFirstLook(MemoryStore):
+        looks = 0
+
+        async def last(self, subject: str) -> StoredEvent | None:
+            if subject == subjects.site_server("hpc", "alice", ""):
+                SlowFirstLook.looks += 1
+                if SlowFirstLook.looks == 1:
+                    await asyncio.sleep(0.2)
+            return await super().last(subject)
+
+    store = SlowFirstLook()
+    await store.append(key_published(COORDINATOR))
+    backend = FakeBackend()
+    agent = SiteAgent(settings, store, backend)
+    await agent.start()
+    try:
+        await send(store, stop_cmd(spawn_id="s1"))
+        await send(store, start_cmd(spawn_id="s1"))
+        await send(store, start_cmd(user="bob"))
+        await wait_events(store, ["ServerSubmitted", "ServerStarted"], user="bob")
+        await asyncio.sleep(0.3)
+        assert backend.started == [s for s in backend.started if s.user == "bob"]
+        assert await reports(store) == [("ServerStopped", "s1")]
+        assert agent.servers.keys() == {s.key for s in backend.started}
+    finally:
+        await agent.close()
+
+
+async def test_a_backend_that_fails_to_stop_does_not_block_the_next_start(
+        store: MemoryStore, make_agent: MakeAgent) -> None:
+    class Crashy(FakeBackend):
+        async def stop(self, state: dict[str, object]) -> None:  # type: ignore[override]
+            raise RuntimeError("the scheduler's client crashed")
+
+    backend = Crashy()
+    agent = make_agent(backend)
+    await agent.start()
+    await send(store, start_cmd(spawn_id="s1"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted"])
+    await send(store, stop_cmd(spawn_id="s1"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerFailed"])
+    await send(store, start_cmd(spawn_id="s2"))
+    await wait_events(store, ["ServerSubmitted", "ServerStarted", "ServerFailed",
+                              "ServerSubmitted", "ServerStarted"])
