@@ -5,13 +5,14 @@ coordinators can never both start (or both stop) the same server."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import select
 
 from fedhub.coordinator.context import Hub
 from fedhub.coordinator.db import Server, Site, detached, rows
-from fedhub.coordinator.errors import BadRequest, Conflict, NotFound
+from fedhub.coordinator.errors import BadRequest, Conflict, CoordinatorError, NotFound
 from fedhub.coordinator.sites import choose_site
 from fedhub.coordinator.users import get_user, iso
 from fedhub.events.envelope import derived_id, uuid7
@@ -21,6 +22,7 @@ from fedhub.schemas import events as ev
 from fedhub.schemas import subjects
 from fedhub.schemas.names import InvalidName, server_prefix, validate_server_name
 
+log = logging.getLogger(__name__)
 MAX_OPTIONS_BYTES = 16 * 1024
 
 
@@ -76,17 +78,25 @@ async def stop(hub: Hub, user: str, server: str, actor: str) -> bool:
 
 async def stop_all(hub: Hub, user: str, actor: str) -> None:
     """Stop every server of ``user`` that is on its way or running, as the log (not the
-    tables, which may lag) has them: a deleted user's servers must not run on."""
+    tables, which may lag) has them: a deleted user's servers must not run on. Tries
+    each one; then raises the first failure, if any."""
+    failures: list[CoordinatorError | EventLogError] = []
     for item in await hub.store.latest_per_subject(subjects.servers_of(user)):
         server = item.event.data.get("server")
         if status_of(item).active and isinstance(server, str):
-            await _stop(hub, user, server, actor)
+            try:
+                await _stop(hub, user, server, actor)
+            except (CoordinatorError, EventLogError) as exc:
+                log.warning("cannot stop %s/%s yet: %s", user, server, exc)
+                failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 async def user_deleted(hub: Hub, user: str) -> bool:
-    """True if the log's latest word on ``user`` is its deletion (or there is none)."""
+    """True if the log's latest word on ``user`` is its deletion."""
     last = await hub.store.last(subjects.user(user))
-    return last is None or last.event.type == ev.UserDeleted.TYPE
+    return last is not None and last.event.type == ev.UserDeleted.TYPE
 
 
 async def _stop(hub: Hub, user: str, server: str, actor: str) -> bool:
