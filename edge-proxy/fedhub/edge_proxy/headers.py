@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from fedhub.edge_proxy.assertion import ASSERTION_HEADER
 from fedhub.edge_proxy.auth import SESSION_COOKIE, without_session_cookie
+from fedhub.edge_proxy.plan import without_query_param
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -56,7 +57,8 @@ def upstream_pairs(
 
     Always drops hop-by-hop headers and a client-supplied assertion and keeps Host as the
     client sent it. With ``assertion`` (a user server) it also drops the fedhub session
-    cookie, adds the assertion and, if ``strip_authorization``, drops Authorization.
+    cookie and a ``token`` in the Referer, adds the assertion and, if
+    ``strip_authorization``, drops Authorization.
     ``websocket`` drops the handshake headers (aiohttp's client makes its own); ``upgrade``
     instead keeps them and asks the upstream to switch to that protocol (raw piping).
     """
@@ -87,6 +89,8 @@ def upstream_pairs(
                     continue
             elif lname == "authorization" and strip_authorization:
                 continue
+            elif lname == "referer" and "?" in value:  # a page opened with ?token=...
+                value = without_query_param(value, "token")
         out.append((name, value))
     out.append(("X-Forwarded-For", f"{forwarded_for}, {remote}" if forwarded_for else remote))
     if forwarded_proto is None:

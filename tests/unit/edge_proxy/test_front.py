@@ -188,6 +188,11 @@ async def test_forwards_with_the_proxy_headers_and_keeps_both_connections(
     assert (await read_response(reader))[2] == b"/user/alice/q?a=1&b=2"
     writer.write(get(f"/user/alice/h?%74oken={token}", proxy))  # authenticated by header
     assert (await read_response(reader))[2] == b"/user/alice/h"
+    # a page opened with ?token= names it in the Referer of everything it loads
+    writer.write(get("/user/alice/r", proxy, f"Referer: http://h/user/alice/lab?token={token}"
+                     "&x=1\r\n".encode()))
+    assert (await read_response(reader))[2] == b"/user/alice/r"
+    assert b"Referer: http://h/user/alice/lab?x=1\r\n" in upstream.heads[-1]
     for i in range(2):
         writer.write(get(f"/user/alice/x{i}", proxy, b"Connection: keep-alive, X-Hop\r\n"
                          b"X-Hop: 1\r\nX-Fedhub-Assertion: forged\r\n"))
