@@ -176,8 +176,9 @@ async def test_system_users_refuse_a_user_without_an_account(tmp_path: Path,
                                   config=LocalConfig(system_users=True))
     with pytest.raises(BackendError, match="no system account named 'nobody-here'"):
         await start_until_running(backend, new_spec("nobody-here"))
-    with pytest.raises(BackendError, match="which is root"):
-        await start_until_running(backend, new_spec("root"))
+    for service in ("root", "daemon"):  # uid 0, and a system account below min_uid
+        with pytest.raises(BackendError, match=rf"{service!r} \(uid \d+\): accounts below"):
+            await start_until_running(backend, new_spec(service))
 
 
 def test_the_local_backend_config_is_checked() -> None:

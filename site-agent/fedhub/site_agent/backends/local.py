@@ -61,6 +61,7 @@ class LocalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     system_users: bool = False
+    min_uid: int = Field(1000, ge=1)  # accounts below are the system's (daemon, www-data...)
     env_keep: list[str] = Field(default_factory=lambda: list(ENV_KEEP))
 
 
@@ -178,8 +179,10 @@ class LocalProcessBackend:
         except KeyError:
             raise BackendError(f"this site runs servers as system users, and there is no "
                                f"system account named {user!r}") from None
-        if account.pw_uid == 0:
-            raise BackendError(f"refusing to run a server as {user!r}, which is root")
+        if account.pw_uid < self.config.min_uid:
+            raise BackendError(f"refusing to run a server as {user!r} (uid {account.pw_uid}):"
+                               f" accounts below min_uid {self.config.min_uid} are the "
+                               f"system's, not users'")
         if not Path(account.pw_dir).is_dir():
             raise BackendError(f"the home directory {account.pw_dir} of {user!r} is missing")
         return account
