@@ -61,7 +61,7 @@ class LocalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     system_users: bool = False
-    min_uid: int = Field(1000, ge=1)  # accounts below are the system's (daemon, www-data...)
+    min_uid: int = Field(default=1000, ge=1)  # below: the system's (daemon, www-data...)
     env_keep: list[str] = Field(default_factory=lambda: list(ENV_KEEP))
 
 
