@@ -13,7 +13,6 @@ exponential backoff (1 s doubling to 30 s, with jitter) forever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import functools
 import logging
@@ -101,6 +100,7 @@ class ProxyLink:
         self._keepalive = keepalive
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.conn: asyncssh.SSHClientConnection | None = None
         self.forwarded: dict[str, tuple[asyncssh.SSHListener, Destination]] = {}
         self.connects = 0  # successful connections so far (tests, status)
@@ -113,11 +113,17 @@ class ProxyLink:
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection (idempotent)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as the
+        # connection attempt fails: cancel again until the task is really over.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("tunnel to edge proxy %s ended with %r", self.endpoint.name, exc)
 
     def changed(self) -> None:
         """The set of servers changed: add and remove forwards accordingly."""
@@ -129,7 +135,7 @@ class ProxyLink:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._closing:
             try:
                 conn = await self._connect()
             except (OSError, asyncssh.Error, TimeoutError) as exc:

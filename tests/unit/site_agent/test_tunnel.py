@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 from fedhub.events.envelope import new_event
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
-from fedhub.events.sshkeys import public_b64
+from fedhub.events.sshkeys import public_b64, ssh_private_key, ssh_public_key
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted, KeyPublished, KeyRevoked
@@ -20,7 +21,7 @@ from fedhub.site_agent.tunnel import (
     local_destination,
     tunnel_target,
 )
-from fedhub.site_agent.tunnel_link import BACKOFF_MAX, backoff_delay
+from fedhub.site_agent.tunnel_link import BACKOFF_MAX, Endpoint, ProxyLink, backoff_delay
 
 
 def test_backoff_doubles_from_one_second_to_thirty_with_jitter() -> None:
@@ -116,3 +117,28 @@ async def test_servers_publish_tunnel_targets_and_keep_their_local_address(
     assert manager.servers == {}
     manager.adopt_server("bob._", target, state)  # after an agent restart
     assert manager.servers == {"bob._": ("127.0.0.1", 8888)}
+
+
+async def test_closing_a_link_whose_connect_swallowed_the_cancellation_ends_it() -> None:
+    # Python 3.11's asyncio.wait_for (inside asyncssh's connect) can turn a cancellation
+    # that meets a failing connection attempt into that failure; the link retried forever
+    # and the agent hung at shutdown.
+    key = SigningKey.generate()
+    endpoint = Endpoint("edge", key.kid, "127.0.0.1", 9, ssh_public_key(key.public_b64))
+    link = ProxyLink("site1", ssh_private_key(key), endpoint, {})
+    attempts = 0
+
+    async def refused_after_swallowing_a_cancel() -> None:
+        nonlocal attempts
+        attempts += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # as wait_for does when the inner future finished meanwhile
+        raise ConnectionRefusedError("connection refused")
+
+    link._connect = refused_after_swallowing_a_cancel  # type: ignore[method-assign]
+    link.start()
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(link.close(), 5)
+    assert attempts == 1
