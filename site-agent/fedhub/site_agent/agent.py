@@ -17,7 +17,7 @@ from fedhub.events.envelope import Envelope
 from fedhub.events.errors import EventLogError, StoreUnavailable
 from fedhub.events.lanes import Lanes
 from fedhub.events.signing import SigningKey
-from fedhub.events.store import Delivery, EventStore, StoredEvent
+from fedhub.events.store import Delivery, EventStore
 from fedhub.events.supervise import keep_running
 from fedhub.schemas import subjects
 from fedhub.schemas.events import (
@@ -57,11 +57,6 @@ def supersedes(newer: str, older: str) -> bool:
     for a new spawn of a server only once it holds the previous one ended.
     """
     return newer > older
-
-
-def _spawn_of(item: StoredEvent) -> str:
-    spawn = item.event.data.get("spawn_id")
-    return spawn if isinstance(spawn, str) else ""
 
 
 class SiteAgent:
@@ -196,7 +191,8 @@ class SiteAgent:
         elif isinstance(cmd, StopServer):
             # In the server's lane, after any StartServer before it and before any after
             # it: a stop must never be answered "not running" while its start is still due.
-            await self._on_stop(env, cmd, ack)
+            await self._on_stop(env, cmd)
+            await ack()  # the log unavailable: not acked, _handle_logged hands it back
         else:
             log.warning("skipping %s on the command subject %s", env.type, env.subject)
             await ack()
@@ -211,14 +207,7 @@ class SiteAgent:
                 progress=100, reason=f"invalid request: {exc}",
                 message=f"Spawn failed: invalid request: {exc}"), parent=env.id, purpose="failed")
             return await ack()
-        rec = self.servers.get(spec.key)
-        if rec is not None and supersedes(spec.spawn_id, rec.spec.spawn_id):
-            # The hub asks for a new spawn only once it holds the old one ended (e.g. after
-            # this site was out of touch too long): the old server is nobody's any more.
-            log.warning("StartServer %s replaces spawn %s of %s", env.id, rec.spec.spawn_id,
-                        spec.key)
-            await self._stop(rec, "replaced by a newer spawn", env.id, "replaced")
-            rec = self.servers.get(spec.key)
+        rec = await self._replace_older(spec.key, spec.spawn_id, env.id)
         if rec is not None and rec.stage is Stage.STOPPING and rec.stop_task is not None:
             await asyncio.wait({rec.stop_task})  # a quick restart waits for the old stop
             rec = self.servers.get(spec.key)
@@ -227,11 +216,11 @@ class SiteAgent:
                 log.warning("ignoring StartServer %s: %s already runs the newer spawn %s",
                             env.id, spec.key, rec.spec.spawn_id)
             return await ack()
-        last = await self.store.last(self.subject(spec.user, spec.server))
-        if last is not None and last.event.type not in _BEFORE_AGENT:
-            reported = _spawn_of(last)
+        latest = await self._latest_report(spec.user, spec.server)
+        if latest is not None and latest[1] not in _BEFORE_AGENT:
+            reported, kind = latest
             if reported == spec.spawn_id:
-                log.info("StartServer %s was already handled (%s)", env.id, last.event.type)
+                log.info("StartServer %s was already handled (%s)", env.id, kind)
                 return await ack()
             if supersedes(reported, spec.spawn_id):
                 log.warning("ignoring StartServer %s: a newer spawn %s of %s was handled",
@@ -302,41 +291,51 @@ class SiteAgent:
             if self.tunnels is not None:
                 self.tunnels.remove_server(rec.spec.key)
 
-    async def _on_stop(self, env: Envelope, cmd: StopServer, ack: AckOnce) -> None:
-        try:
-            rec = self.servers.get(server_key(cmd.user, cmd.server))
-            reason = cmd.reason or "stopped on request"
-            if rec is not None and rec.spec.spawn_id == cmd.spawn_id:
-                return await self._stop(rec, reason, env.id, "stopped")
-            if rec is not None and supersedes(rec.spec.spawn_id, cmd.spawn_id):
-                # e.g. redelivered after a restart: the server running now is not that one
-                log.info("ignoring StopServer %s of spawn %s: %s runs spawn %s now", env.id,
-                         cmd.spawn_id, rec.spec.key, rec.spec.spawn_id)
+    async def _on_stop(self, env: Envelope, cmd: StopServer) -> None:
+        rec = await self._replace_older(server_key(cmd.user, cmd.server), cmd.spawn_id, env.id)
+        if rec is not None and rec.spec.spawn_id == cmd.spawn_id:
+            return await self._stop(rec, cmd.reason or "stopped on request", env.id, "stopped")
+        if rec is not None:
+            # e.g. redelivered after a restart: the server running now is not that one
+            log.info("ignoring StopServer %s of spawn %s: %s runs spawn %s now", env.id,
+                     cmd.spawn_id, rec.spec.key, rec.spec.spawn_id)
+            return
+        latest = await self._latest_report(cmd.user, cmd.server)
+        if latest is not None:
+            reported, kind = latest
+            if reported == cmd.spawn_id and kind in _ENDED:
+                return  # already answered
+            if supersedes(reported, cmd.spawn_id):
+                # A late stop: saying anything about an older spawn now would hide the
+                # newer one from the next check of the latest report.
+                log.info("ignoring StopServer %s of spawn %s: spawn %s came after it",
+                         env.id, cmd.spawn_id, reported)
                 return
-            if rec is not None:  # an older spawn the hub has moved on from
-                await self._stop(rec, "replaced by a newer spawn", env.id, "replaced")
-            last = await self.store.last(self.subject(cmd.user, cmd.server))
-            if last is not None:
-                reported = _spawn_of(last)
-                if reported == cmd.spawn_id and last.event.type in _ENDED:
-                    return  # already answered
-                if supersedes(reported, cmd.spawn_id):
-                    # A late stop: saying anything about an older spawn now would hide the
-                    # newer one from the next check of the latest report.
-                    log.info("ignoring StopServer %s of spawn %s: spawn %s came after it",
-                             env.id, cmd.spawn_id, reported)
-                    return
-            # Not ours (any more): say so, or the user would wait forever for a stop.
-            await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerStopped(
-                user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
-                progress=100, reason="server was not running at this site",
-                message="Server stopped"), parent=env.id, purpose="stopped")
-        except StoreUnavailable as exc:
-            log.warning("stop %s postponed %.0f s: the log is unavailable (%s)", env.id,
-                        RETRY_COMMAND_AFTER, exc)
-            await ack.nak(RETRY_COMMAND_AFTER)
-        finally:
-            await ack()
+        # Not ours (any more): say so, or the user would wait forever for a stop.
+        await self.publisher.publish(self.subject(cmd.user, cmd.server), ServerStopped(
+            user=cmd.user, server=cmd.server, site=self.site, spawn_id=cmd.spawn_id,
+            progress=100, reason="server was not running at this site",
+            message="Server stopped"), parent=env.id, purpose="stopped")
+
+    async def _replace_older(self, key: str, spawn_id: str, parent: str
+                             ) -> ServerRecord | None:
+        """The record of server ``key``, once stopped if it runs a spawn older than
+        ``spawn_id``: the hub asks for a newer spawn only once it holds the old one ended
+        (e.g. after this site was out of touch too long), so that one is nobody's now."""
+        rec = self.servers.get(key)
+        if rec is None or not supersedes(spawn_id, rec.spec.spawn_id):
+            return rec
+        log.warning("spawn %s of %s replaces spawn %s", spawn_id, key, rec.spec.spawn_id)
+        await self._stop(rec, "replaced by a newer spawn", parent, "replaced")
+        return self.servers.get(key)
+
+    async def _latest_report(self, user: str, server: str) -> tuple[str, str] | None:
+        """(spawn id, event type) of this site's latest report about a server, if any."""
+        last = await self.store.last(self.subject(user, server))
+        if last is None:
+            return None
+        spawn = last.event.data.get("spawn_id")
+        return spawn if isinstance(spawn, str) else "", last.event.type
 
     async def _stop(self, rec: ServerRecord, reason: str, parent: str, purpose: str) -> None:
         """Cancel a start in progress, stop the job, publish ServerStopped. Idempotent."""
