@@ -148,11 +148,11 @@ _RELOAD_HINT = ("  NATS users changed: install {conf} on every NATS server (as t
 
 
 def _nats_auth(args: argparse.Namespace) -> int:
-    """Create the hub's NATS user in ``args.dir`` if missing; (re)write auth.conf."""
+    """Create the hub's NATS user (and DIR/auth.conf) in ``args.dir`` if missing."""
     auth = AuthFile(args.dir)
     auth.ensure_hub()
     print(f"NATS users in {auth.conf_path}; the hub's password (user {HUB_USER}) is in "
-          f"{args.dir / 'hub-password'}: give coordinators and edge proxies "
+          f"{auth.password_path}: give coordinators and edge proxies "
           f"nats://{HUB_USER}:PASSWORD@HOST:4222 in FEDHUB_NATS_URL")
     print(_RELOAD_HINT.format(conf=auth.conf_path))
     return 0

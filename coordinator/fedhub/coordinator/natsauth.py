@@ -64,6 +64,7 @@ class AuthFile:
         self.dir = nats_dir
         self.users_path = nats_dir / "users.json"
         self.conf_path = nats_dir / "auth.conf"
+        self.password_path = nats_dir / "hub-password"  # the hub user's, in the clear (0600)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if not self.users_path.exists():
@@ -83,13 +84,12 @@ class AuthFile:
 
     def ensure_hub(self) -> str:
         """The hub user's password (created on first use, kept in a 0600 file)."""
-        secret_path = self.dir / "hub-password"
         users = self._load()
-        if HUB_USER in users and secret_path.exists():
-            return secret_path.read_text().strip()
+        if HUB_USER in users and self.password_path.exists():
+            return self.password_path.read_text().strip()
         password = secrets.token_urlsafe(24)
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password)
         users[HUB_USER] = {"hash": _hash(password), "permissions": None}

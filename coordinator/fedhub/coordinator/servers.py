@@ -112,9 +112,14 @@ async def _stop(hub: Hub, user: str, server: str, actor: str) -> bool:
                 status is ev.ServerStatus.STOPPING and site == "auto"):
             # No site was told to start it (placement comes with ServerAccepted, then the
             # command), so none will answer a stop: end it here.
-            if await _end_unplaced(hub, last, p, actor):
-                return True
-            continue
+            try:
+                await hub.emit(subject, ev.ServerStopped(
+                    user=user, server=server, site=site, spawn_id=spawn_id, progress=100,
+                    reason="cancelled before a site was chosen", message="Server stopped"),
+                    actor=actor, expected_seq=last.seq)
+            except Conflict:
+                continue  # placed meanwhile: decide again
+            return True
         if status is ev.ServerStatus.STOPPING:
             return True
         try:
@@ -129,19 +134,6 @@ async def _stop(hub: Hub, user: str, server: str, actor: str) -> bool:
             event_id=derived_id(spawn_id, "stop-command"))
         return True
     raise Conflict(f"server {user}/{server} keeps changing; try again")
-
-
-async def _end_unplaced(hub: Hub, last: StoredEvent, p: ev.Payload, actor: str) -> bool:
-    """Record a spawn that never reached a site as stopped; False if it moved on meanwhile."""
-    try:
-        await hub.emit(last.event.subject, ev.ServerStopped(
-            user=getattr(p, "user", ""), server=getattr(p, "server", ""),
-            site=getattr(p, "site", ""), spawn_id=getattr(p, "spawn_id", ""), progress=100,
-            reason="cancelled before a site was chosen", message="Server stopped"),
-            actor=actor, expected_seq=last.seq)
-    except Conflict:
-        return False
-    return True
 
 
 async def remove_route(hub: Hub, user: str, server: str, reason: str, parent: str) -> None:
