@@ -321,7 +321,7 @@ class EdgeProxy:
                 return pages.error(request, 503, str(exc))
             target = TUNNEL_BASE  # the bridge's socket decides where it goes
         url = upstream_url(target, request)
-        if source is not None and url.raw_query_string:
+        if url.raw_query_string:
             url = URL(target + upstream_target(url.raw_path_qs, plan), encoded=True)
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         headers = upstream_headers(

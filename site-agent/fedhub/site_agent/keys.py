@@ -60,7 +60,7 @@ class KeyBook:
         changed = enroll(self.ring, item)
         if changed:
             self._write()
-        if changed or item.event.type == "KeyRevoked":
+        if changed:
             for callback in self._listeners:
                 try:
                     callback()

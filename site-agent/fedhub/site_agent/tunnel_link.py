@@ -113,7 +113,7 @@ class ProxyLink:
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection (idempotent)."""
-        self._closing = True
+        self._closing = True  # no new attempt, even if a cancellation is swallowed
         task, self._task = self._task, None
         if task is None:
             return
