@@ -50,11 +50,16 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
     try:
         return cls(**merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
         where = f" (from {config_file} and FEDHUB_* variables)" if config_file else ""
-        raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from exc
+        raise ConfigError(f"invalid {cls.__name__}{where}: {problems(exc, 'settings')}"
+                          ) from exc
+
+
+def problems(exc: ValidationError, root: str) -> str:
+    """Every error in ``exc`` as ``field: why``, joined by "; " (``root`` names the field of
+    an error about the whole object)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg']}"
+                     for e in exc.errors())
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

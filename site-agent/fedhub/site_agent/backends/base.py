@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from fedhub.schemas.config import problems
 from fedhub.schemas.names import server_key
 from fedhub.schemas.resources import OptionSpec
 from fedhub.site_agent.errors import BackendError
@@ -29,10 +30,8 @@ def validated_config(model: type[ConfigT], raw: Mapping[str, Any], backend: str)
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'backend_config'}: "
-            f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
-        raise BackendError(f"invalid {backend} backend_config: {problems}") from None
+        said = problems(exc, "backend_config").replace("Value error, ", "")
+        raise BackendError(f"invalid {backend} backend_config: {said}") from None
 
 
 @dataclass(frozen=True)
