@@ -182,13 +182,15 @@ def profile(procs: Procs, root: Path, seconds: int, conns: int, size: str) -> No
 async def agent_main(nats: str, key: SigningKey, target: str) -> None:
     """The agent side: the real TunnelManager forwarding one server to ``target``."""
     from fedhub.events.jetstream import JetStreamStore
+    from fedhub.site_agent.keys import KeyBook
     from fedhub.site_agent.tunnel import TunnelManager
 
     store = await JetStreamStore.connect(nats, name="bench-agent")
-    manager = TunnelManager(SITE, key, store)
+    keys = KeyBook(Path(tempfile.mkdtemp(prefix="bench-agent-")) / "trusted-keys.json")
+    manager = TunnelManager(SITE, key, store, keys)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    following = asyncio.create_task(manager.run())
+    following = asyncio.gather(keys.follow(store), manager.run())
     await manager.add_server(server_key(USER, SERVER), target, {}, wait=0)
     await stop.wait()
     following.cancel()

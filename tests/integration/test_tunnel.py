@@ -25,6 +25,7 @@ from fedhub.events.sshkeys import ssh_private_key, ssh_public_key
 from fedhub.events.store import EventStore
 from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted, KeyRevoked
+from fedhub.site_agent.keys import KeyBook
 from fedhub.site_agent.tunnel import TunnelManager
 from tests.integration.test_edge_proxy import BIG, Upstream, _serve, _upstream_app, get
 from tests.support.polling import until
@@ -57,9 +58,11 @@ class Setup:
         return proxy
 
     async def agent(self, key: SigningKey, site: str = SITE) -> TunnelManager:
-        manager = TunnelManager(site, key, self.store, keepalive=1.0)
+        keys = KeyBook(self.tmp / f"{site}-{len(self.managers)}-trusted-keys.json")
+        manager = TunnelManager(site, key, self.store, keys, keepalive=1.0)
         self.managers.append(manager)
-        self.tasks.append(asyncio.create_task(manager.run()))
+        self.tasks += [asyncio.create_task(keys.follow(self.store)),
+                       asyncio.create_task(manager.run())]
         await manager.add_server(KEY, self.upstream.url, {}, wait=0)
         return manager
 

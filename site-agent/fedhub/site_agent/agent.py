@@ -71,7 +71,7 @@ class SiteAgent:
         self.key = key or SigningKey.load_or_create(settings.key_path)
         self.publisher = Publisher(store, self.key, self.site)
         self.keys = KeyBook(settings.trusted_keys_path)
-        self.tunnels = (TunnelManager(self.site, self.key, store, keys=self.keys,
+        self.tunnels = (TunnelManager(self.site, self.key, store, self.keys,
                                       keepalive=settings.tunnel_keepalive)
                         if settings.tunnel else None)
         self.servers: dict[str, ServerRecord] = {}

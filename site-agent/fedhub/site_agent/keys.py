@@ -40,10 +40,10 @@ class KeyBook:
     """The log's key events folded by ``fedhub.events.enroll`` (the rule every consumer of
     the log shares: coordinator and edge-proxy keys signed by themselves, site keys
     enrolled by a coordinator, revocations by a coordinator), once for the whole agent.
-    The edge-proxy keys are written to ``trusted_path`` (if given) whenever they change,
-    and every ``on_change`` callback runs after each change."""
+    The edge-proxy keys are written to ``trusted_path`` whenever they change, and every
+    ``on_change`` callback runs after each change."""
 
-    def __init__(self, trusted_path: Path | None = None) -> None:
+    def __init__(self, trusted_path: Path) -> None:
         self.ring = KeyRing()
         self.path = trusted_path
         self._written: dict[str, dict[str, str]] | None = None
@@ -103,7 +103,7 @@ class KeyBook:
     def _write(self) -> None:
         proxies = {kid: entry for kid, entry in self.ring.as_dict().items()
                    if entry["role"] == TRUSTED_ROLE}
-        if proxies == self._written or self.path is None:
+        if proxies == self._written:
             return
         write_atomic(self.path, json.dumps(proxies, indent=1))
         for kid in proxies.keys() - (self._written or {}).keys():

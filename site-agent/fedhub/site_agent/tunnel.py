@@ -54,15 +54,13 @@ def local_destination(target: str) -> Destination:
 class TunnelManager:
     """One tunnel per trusted edge proxy, each forwarding every running server."""
 
-    def __init__(self, site: str, key: SigningKey, store: EventStore,
-                 keepalive: float = 15.0, keys: KeyBook | None = None) -> None:
-        """``keys``: the agent's key book, which it follows; without one the manager
-        keeps and follows its own."""
+    def __init__(self, site: str, key: SigningKey, store: EventStore, keys: KeyBook,
+                 keepalive: float = 15.0) -> None:
+        """``keys``: the agent's key book (its owner follows the log's key events)."""
         self.site = site
         self.store = store
-        self._follows_keys = keys is None
-        self.keys = keys if keys is not None else KeyBook()
-        self.keys.on_change(self._reconcile)
+        self.keys = keys
+        keys.on_change(self._reconcile)
         self.servers: dict[str, Destination] = {}
         self.links: dict[str, ProxyLink] = {}
         self._client_key = ssh_private_key(key)
@@ -75,14 +73,7 @@ class TunnelManager:
     # -- the log ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow proxy announcements (and keys, if the book is its own) forever; safe to
-        restart after a failure."""
-        async with asyncio.TaskGroup() as group:
-            if self._follows_keys:
-                group.create_task(self.keys.follow(self.store))
-            group.create_task(self._follow_proxies())
-
-    async def _follow_proxies(self) -> None:
+        """Follow proxy announcements forever (safe to restart after a failure)."""
         async with aclosing(self.store.follow("fedhub.proxy.>")) as events:
             async for item in events:
                 self._on_proxy(item)

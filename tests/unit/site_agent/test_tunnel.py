@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from fedhub.events.sshkeys import public_b64, ssh_private_key, ssh_public_key
 from fedhub.events.store import StoredEvent
 from fedhub.schemas import subjects
 from fedhub.schemas.events import EdgeProxyStarted, KeyPublished, KeyRevoked
+from fedhub.site_agent.keys import KeyBook
 from fedhub.site_agent.tunnel import (
     LOCAL_TARGET,
     TunnelManager,
@@ -61,8 +63,9 @@ def started(key: SigningKey, name: str, port: int = 2222, signer: SigningKey | N
 
 
 @pytest.fixture
-async def manager() -> AsyncIterator[TunnelManager]:
-    m = TunnelManager("site1", SigningKey.generate(), MemoryStore())
+async def manager(tmp_path: Path) -> AsyncIterator[TunnelManager]:
+    keys = KeyBook(tmp_path / "trusted-keys.json")
+    m = TunnelManager("site1", SigningKey.generate(), MemoryStore(), keys)
     yield m
     await m.close()
 
