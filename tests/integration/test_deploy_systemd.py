@@ -11,36 +11,26 @@ the sandbox: the syscall filter and read-only system are checked only by
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from pydantic_settings import BaseSettings
 
-from fedhub.coordinator.settings import CoordinatorSettings
-from fedhub.edge_proxy.settings import EdgeProxySettings
-from fedhub.schemas.config import load_settings
 from fedhub.site_agent.backends.registry import make_backend
 from fedhub.site_agent.settings import SiteAgentSettings
+from tests.support.deploy import SETTINGS, load_whole, without_fedhub_env
 from tests.support.hub import Component
 from tests.support.services import free_port, missing
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 UNITS = sorted(p.name for p in DEPLOY.glob("*.service"))
-CONFIGS: dict[str, tuple[type[BaseSettings], str]] = {  # file: settings, TOML table
-    "coordinator.toml": (CoordinatorSettings, "coordinator"),
-    "edge-proxy.toml": (EdgeProxySettings, "edge_proxy"),
-    "site-agent.toml": (SiteAgentSettings, "site_agent"),
-}
+CONFIGS = [f"{component}.toml" for component in SETTINGS]  # /etc/fedhub/<component>.toml
 
 
 def systemd_analyze() -> str:
@@ -114,14 +104,8 @@ def test_the_central_services_are_sandboxed(tmp_path: Path, unit: str) -> None:
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_the_example_configurations_are_valid(name: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
-    for key in list(os.environ):
-        if key.startswith("FEDHUB_"):
-            monkeypatch.delenv(key)
-    cls, section = CONFIGS[name]
-    table: dict[str, Any] = tomllib.loads((DEPLOY / name).read_text())[section]
-    unknown = set(table) - set(cls.model_fields)
-    assert not unknown, f"{name}: keys the component would ignore: {sorted(unknown)}"
-    settings = load_settings(cls, DEPLOY / name)
+    without_fedhub_env(monkeypatch)
+    settings, table = load_whole(name.removesuffix(".toml"), DEPLOY / name)
     for key, value in table.items():
         if key != "backend_config":
             assert getattr(settings, key) == value, key
