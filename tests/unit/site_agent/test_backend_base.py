@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from fedhub.site_agent.backends.base import Checkpoint, Phase, ServerSpec, through_to_running
+from fedhub.site_agent.backends.base import (
+    Checkpoint,
+    Phase,
+    ServerSpec,
+    through_to_running,
+    validated_config,
+)
+from fedhub.site_agent.backends.local import LocalConfig
 from fedhub.site_agent.errors import BackendError
 
 SPEC = ServerSpec("alice", "", "s1", "/user/alice/")
@@ -59,3 +66,9 @@ async def test_a_failed_start_is_cleaned_up_and_a_running_one_is_not() -> None:
     async with aclosing(through_to_running(running, SPEC, SUBMITTED)) as steps:  # type: ignore[arg-type]
         phases = [cp.phase async for cp in steps]
     assert phases[-1] is Phase.RUNNING and running.stopped == []
+
+
+def test_the_local_backend_config_is_checked() -> None:
+    with pytest.raises(BackendError, match="invalid local backend_config: system_user: Extra"):
+        validated_config(LocalConfig, {"system_user": True}, "local")
+    assert validated_config(LocalConfig, {"env_keep": ["PATH"]}, "local").env_keep == ["PATH"]
