@@ -4,6 +4,7 @@ nothing, and the hub goes on, when any one server goes, the stream's leader incl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -132,19 +133,21 @@ async def test_the_hub_loses_nothing_when_a_nats_server_goes(tmp_path: Path) -> 
 
 async def test_an_existing_log_is_scaled_up_and_never_down(tmp_path: Path) -> None:
     with nats_cluster(tmp_path / "nats") as cluster:
-        first = await patiently(lambda: JetStreamStore.connect(cluster.url))
-        for i in range(5):
-            await first.append(new_event(subjects.user(f"u{i}"), UserCreated(name=f"u{i}"),
-                                         actor="test", signer=KEY))
-        assert (await stream_on(cluster))[0] == 1  # one server holds it: losing that loses it
-        # (until every server has joined, the cluster has no three to place it on)
-        hub = await patiently(lambda: JetStreamStore.connect(cluster.url, replicas=3))
-        assert (await stream_on(cluster))[0] == 3
-        proxy = await JetStreamStore.connect(cluster.url)  # a component asking for fewer
-        assert (await stream_on(cluster))[0] == 3
-        assert await names_in(hub) == [f"u{i}" for i in range(5)]
-        for store in (first, hub, proxy):
-            await store.close()
+        async with contextlib.AsyncExitStack() as stores:
+            first = await patiently(lambda: JetStreamStore.connect(cluster.url))
+            stores.push_async_callback(first.close)
+            for i in range(5):
+                await first.append(new_event(subjects.user(f"u{i}"), UserCreated(name=f"u{i}"),
+                                             actor="test", signer=KEY))
+            assert (await stream_on(cluster))[0] == 1  # one server holds it: losing that loses it
+            # (until every server has joined, the cluster has no three to place it on)
+            hub = await patiently(lambda: JetStreamStore.connect(cluster.url, replicas=3))
+            stores.push_async_callback(hub.close)
+            assert (await stream_on(cluster))[0] == 3
+            proxy = await JetStreamStore.connect(cluster.url)  # a component asking for fewer
+            stores.push_async_callback(proxy.close)
+            assert (await stream_on(cluster))[0] == 3
+            assert await names_in(hub) == [f"u{i}" for i in range(5)]
 
 
 async def test_more_replicas_than_servers_is_refused_saying_why(tmp_path: Path) -> None:

@@ -130,10 +130,12 @@ async def test_closing_a_link_whose_connect_swallowed_the_cancellation_ends_it()
     endpoint = Endpoint("edge", key.kid, "127.0.0.1", 9, ssh_public_key(key.public_b64))
     link = ProxyLink("site1", ssh_private_key(key), endpoint, {})
     attempts = 0
+    trying = asyncio.Event()
 
     async def refused_after_swallowing_a_cancel() -> None:
         nonlocal attempts
         attempts += 1
+        trying.set()
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
@@ -142,6 +144,6 @@ async def test_closing_a_link_whose_connect_swallowed_the_cancellation_ends_it()
 
     link._connect = refused_after_swallowing_a_cancel  # type: ignore[method-assign]
     link.start()
-    await asyncio.sleep(0.05)
+    await trying.wait()  # close while the first attempt is under way
     await asyncio.wait_for(link.close(), 5)
     assert attempts == 1
