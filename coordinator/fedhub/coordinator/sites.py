@@ -54,8 +54,14 @@ async def heartbeats(hub: Hub) -> Beats:
     if read is None:
         read = asyncio.ensure_future(hub.store.latest_health(f"{subjects.HEALTH_ROOT}.site.>"))
         hub.heartbeat_read = read  # set only while None, cleared only here: no check needed
-        read.add_done_callback(lambda _f: setattr(hub, "heartbeat_read", None))
+        read.add_done_callback(lambda done: _read_over(hub, done))
     return await asyncio.shield(read)
+
+
+def _read_over(hub: Hub, read: asyncio.Future[Beats]) -> None:
+    hub.heartbeat_read = None
+    if not read.cancelled():
+        read.exception()  # taken by whoever waits; if all gave up (shutdown), not an error
 
 
 _SITES = select(*Site.__table__.columns).order_by(Site.name)

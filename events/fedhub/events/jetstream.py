@@ -520,19 +520,23 @@ class JetStreamStore:
 
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
-        sub = await self._js.subscribe(
-            subjects, stream=HEALTH_STREAM, ordered_consumer=True, config=cfg
-        )
         out: dict[str, tuple[bytes, datetime]] = {}
         try:
-            info = await sub.consumer_info()
-            delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
-            pending = int(info.num_pending or 0) + delivered
-            while pending > 0:
-                msg = await sub.next_msg(timeout=5)
-                stamp: Any = msg.metadata.timestamp
-                out[msg.subject] = (msg.data, stamp if stamp else datetime.now(UTC))
-                pending = int(msg.metadata.num_pending)
-        finally:
-            await sub.unsubscribe()
+            sub = await self._js.subscribe(
+                subjects, stream=HEALTH_STREAM, ordered_consumer=True, config=cfg
+            )
+            try:
+                info = await sub.consumer_info()
+                delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+                pending = int(info.num_pending or 0) + delivered
+                while pending > 0:
+                    msg = await sub.next_msg(timeout=5)
+                    stamp: Any = msg.metadata.timestamp
+                    out[msg.subject] = (msg.data, stamp if stamp else datetime.now(UTC))
+                    pending = int(msg.metadata.num_pending)
+            finally:
+                with contextlib.suppress(NatsError):  # the connection may be closing
+                    await sub.unsubscribe()
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"reading heartbeats on {subjects} failed: {exc}") from exc
         return out

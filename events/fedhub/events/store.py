@@ -102,11 +102,13 @@ class EventStore(Protocol):
         ...
 
     async def put_health(self, subject: str, data: bytes) -> None:
-        """Record a heartbeat outside the log; only the latest per subject is kept."""
+        """Record a heartbeat outside the log; only the latest per subject is kept. Raises
+        StoreUnavailable."""
         ...
 
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
-        """The latest heartbeat per subject matching ``subjects``, with the time stored."""
+        """The latest heartbeat per subject matching ``subjects``, with the time stored.
+        Raises StoreUnavailable."""
         ...
 
     async def last_seq(self) -> int:

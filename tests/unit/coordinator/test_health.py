@@ -4,6 +4,7 @@ after the grace period, its servers are marked lost with the reason."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from fedhub.coordinator.context import Hub
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.sites import list_sites
 from fedhub.coordinator.users import create_user
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.memory import MemoryStore
 from fedhub.events.signing import SigningKey
 from fedhub.schemas import subjects
@@ -96,3 +98,35 @@ async def test_concurrent_site_listings_share_one_heartbeat_read(
     assert all([s.status for s in views] == ["online"] for views in listings)
     await list_sites(hub)  # a later listing reads afresh: the site may have gone quiet
     assert reads == 2
+
+
+async def test_a_heartbeat_read_its_callers_gave_up_on_fails_quietly(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At shutdown the requests waiting for a shared read are cancelled, then the store
+    # closes under the read: its failure must not be logged as an error nobody retrieved.
+    closing = asyncio.Event()
+
+    async def cut_off(subjects_: str) -> dict[str, tuple[bytes, datetime]]:
+        await closing.wait()
+        raise StoreUnavailable("reading heartbeats failed: nats: connection draining")
+
+    monkeypatch.setattr(hub.store, "latest_health", cut_off)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        waiting = asyncio.create_task(list_sites(hub))
+        await asyncio.sleep(0)
+        assert hub.heartbeat_read is not None
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        closing.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert hub.heartbeat_read is None
+        del waiting
+        gc.collect()
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
