@@ -64,16 +64,3 @@ async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> N
             await watcher.close()
             await store.close()
 
-
-async def test_reading_heartbeats_from_a_closed_connection_is_store_unavailable(
-        tmp_path: Path) -> None:
-    # At shutdown a coordinator's site listing can meet the connection closing: it must be
-    # the error every caller handles, not one of the NATS client's own.
-    from fedhub.events.errors import StoreUnavailable
-
-    with nats_server(tmp_path) as url:
-        store = await JetStreamStore.connect(url)
-        await store.put_health("fedhub-health.site.a", b"1")
-        await store.close()
-        with pytest.raises(StoreUnavailable, match="reading heartbeats"):
-            await store.latest_health("fedhub-health.>")

@@ -346,7 +346,10 @@ class JetStreamStore:
             if until_caught_up:
                 # num_pending counts only what is not yet delivered; an empty match has
                 # delivered nothing and has nothing pending.
-                info = await sub.consumer_info()
+                try:
+                    info = await sub.consumer_info()
+                except (TimeoutError, NatsError) as exc:
+                    raise StoreUnavailable(f"cannot read {subjects}: {exc}") from exc
                 delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
                 if int(info.num_pending or 0) == 0 and delivered == 0:
                     return
@@ -357,6 +360,8 @@ class JetStreamStore:
                     if watch and not await _delivering(sub):
                         raise _ConsumerLost(subjects) from None
                     continue
+                except NatsError as exc:  # e.g. the connection closed under it
+                    raise StoreUnavailable(f"cannot read {subjects}: {exc}") from exc
                 yield msg
                 if until_caught_up and msg.metadata.num_pending == 0:
                     return
@@ -400,10 +405,10 @@ class JetStreamStore:
     async def follow(
         self, subjects: str = ALL, *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
-        """See EventStore.follow. Raises StoreUnavailable only if it cannot start; once
-        following, it outlives the loss of any NATS server: a consumer that stops
-        delivering is replaced by a new one from the next event, retried until the
-        cluster takes it."""
+        """See EventStore.follow. Raises StoreUnavailable if it cannot start or the store
+        is closed; otherwise, once following, it outlives the loss of any NATS server: a
+        consumer that stops delivering is replaced by a new one from the next event,
+        retried until the cluster takes it."""
         following, pause = False, 0.5
         while True:
             try:
@@ -419,7 +424,7 @@ class JetStreamStore:
                 log.warning("following %s: the consumer stopped delivering (a NATS server "
                             "went away?); resuming from event %d", subjects, start)
             except StoreUnavailable as exc:
-                if not following:
+                if not following or self._nc.is_closed:  # a closed connection stays closed
                     raise
                 log.warning("following %s: cannot resume from event %d yet (%s); retrying "
                             "in %.1f s", subjects, start, exc, pause)
@@ -481,6 +486,8 @@ class JetStreamStore:
                 except TimeoutError:  # nats-py raises its own or asyncio's
                     continue
                 except NatsError as exc:
+                    if self._nc.is_closed:  # closed by its owner, or given up for good
+                        raise StoreUnavailable(f"consumer {durable}: {exc}") from exc
                     log.warning("consumer %s: fetch failed (%s); retrying", durable, exc)
                     await asyncio.sleep(1)
                     continue
@@ -496,13 +503,11 @@ class JetStreamStore:
         finally:
             # Hand back what we fetched but did not finish, so a restarted consumer gets
             # it at once instead of after ack_wait.
-            for msg in batch:
-                if not msg._ackd:  # the caller may have acked it before closing us
-                    await msg.nak()
-            try:
+            with contextlib.suppress(NatsError):  # e.g. the connection closed
+                for msg in batch:
+                    if not msg._ackd:  # the caller may have acked it before closing us
+                        await msg.nak()
                 await sub.unsubscribe()
-            except NatsError:
-                pass
 
     async def delete_consumer(self, durable: str) -> bool:
         try:

@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 from functools import partial
 
 from fedhub.events.envelope import Envelope, decode
-from fedhub.events.errors import ConcurrencyError, ConsumerMismatch, MalformedEvent
+from fedhub.events.errors import (
+    ConcurrencyError,
+    ConsumerMismatch,
+    MalformedEvent,
+    StoreUnavailable,
+)
 from fedhub.events.store import StoredEvent
 from fedhub.schemas.subjects import matches
 
@@ -64,8 +69,14 @@ class MemoryStore:
         self._changed = asyncio.Condition()
         self._consumers: dict[str, _Consumer] = {}
         self._health: dict[str, tuple[bytes, datetime]] = {}
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._closed:  # as the JetStream store's closed connection answers
+            raise StoreUnavailable("the event store is closed")
 
     async def append(self, event: Envelope, *, expected_seq: int | None = None) -> int:
+        self._open()
         if event.id in self._ids:
             return self._ids[event.id]
         actual = self._last_by_subject.get(event.subject, 0)
@@ -76,6 +87,7 @@ class MemoryStore:
         return seq
 
     async def append_raw(self, subject: str, data: bytes) -> int:
+        self._open()
         return await self._store(subject, data)
 
     async def _store(self, subject: str, data: bytes) -> int:
@@ -87,6 +99,7 @@ class MemoryStore:
         return seq
 
     async def last(self, subject: str) -> StoredEvent | None:
+        self._open()
         seq = self._last_by_subject.get(subject)
         if seq is None:
             return None
@@ -106,6 +119,7 @@ class MemoryStore:
     async def read(
         self, subjects: str = "fedhub.>", *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
+        self._open()
         end = len(self._messages)
         for msg in self._messages[max(start, 1) - 1 : end]:
             if matches(subjects, msg.subject) and (item := self._decoded(msg)) is not None:
@@ -116,6 +130,7 @@ class MemoryStore:
     ) -> AsyncGenerator[StoredEvent, None]:
         position = max(start, 1)
         while True:
+            self._open()
             while position <= len(self._messages):
                 msg = self._messages[position - 1]
                 position += 1
@@ -125,6 +140,7 @@ class MemoryStore:
                 await self._changed.wait_for(partial(self._beyond, position))
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
+        self._open()
         seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
         out = []
         for seq in seqs:
@@ -134,16 +150,19 @@ class MemoryStore:
 
     async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
         """See fedhub.events.raw.RawReader: latest message per subject, undecoded."""
+        self._open()
         seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
         for seq in seqs:
             yield seq, self._messages[seq - 1].data
 
     async def delete_consumer(self, durable: str) -> bool:
+        self._open()
         return self._consumers.pop(durable, None) is not None
 
     async def consume(
         self, subjects: str, *, durable: str
     ) -> AsyncGenerator[_MemoryDelivery, None]:
+        self._open()
         consumer = self._consumers.setdefault(durable, _Consumer(subjects, self._changed))
         if consumer.subjects != subjects:
             raise ConsumerMismatch(
@@ -164,12 +183,13 @@ class MemoryStore:
             count = len(self._messages)
             async with self._changed:
                 await self._changed.wait_for(partial(self._has_work, consumer, count))
+            self._open()
 
     def _beyond(self, position: int) -> bool:
-        return position <= len(self._messages)
+        return self._closed or position <= len(self._messages)
 
     def _has_work(self, consumer: _Consumer, seen: int) -> bool:
-        if len(self._messages) > seen:
+        if self._closed or len(self._messages) > seen:
             return True
         return any(
             m.seq not in consumer.acked
@@ -179,13 +199,19 @@ class MemoryStore:
         )
 
     async def put_health(self, subject: str, data: bytes) -> None:
+        self._open()
         self._health[subject] = (data, datetime.now(UTC))
 
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
+        self._open()
         return {s: v for s, v in self._health.items() if matches(subjects, s)}
 
     async def last_seq(self) -> int:
+        self._open()
         return len(self._messages)
 
     async def close(self) -> None:
-        """Nothing to release; present for symmetry with the JetStream store."""
+        """Refuse every later call, and end followers and consumers, with StoreUnavailable."""
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()

@@ -9,7 +9,7 @@ from contextlib import aclosing
 import pytest
 
 from fedhub.events.envelope import new_event
-from fedhub.events.errors import ConcurrencyError, ConsumerMismatch
+from fedhub.events.errors import ConcurrencyError, ConsumerMismatch, StoreUnavailable
 from fedhub.events.raw import RawReader
 from fedhub.events.signing import SigningKey
 from fedhub.events.store import EventStore, StoredEvent
@@ -206,6 +206,37 @@ class EventStoreContract:
         health = await store.latest_health("fedhub-health.>")
         assert {k: v[0] for k, v in health.items()} == {
             "fedhub-health.site.a": b"2", "fedhub-health.site.b": b"3"}
+
+
+    async def test_a_closed_store_answers_store_unavailable(self, store: EventStore) -> None:
+        # Components close their store at shutdown while requests and loops may still
+        # be under way: each must meet the error it handles, not the client library's.
+        await store.append(created("a"))
+        await store.put_health("fedhub-health.site.a", b"1")
+        async with aclosing(store.follow()) as following, \
+                aclosing(store.consume("fedhub.user.>", durable="c1")) as consuming:
+            await anext(following)
+            await (await anext(consuming)).ack()
+            waiting = [asyncio.ensure_future(anext(following)),
+                       asyncio.ensure_future(anext(consuming))]
+            await asyncio.sleep(0.2)  # both wait for the next event
+            await store.close()
+            for task in waiting:
+                with pytest.raises(StoreUnavailable):
+                    await asyncio.wait_for(task, 10)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.append(created("b")),
+            lambda: store.last(subjects.user("a")),
+            lambda: store.first(),
+            lambda: store.last_seq(),
+            lambda: store.latest_per_subject("fedhub.>"),
+            lambda: store.put_health("fedhub-health.site.a", b"2"),
+            lambda: store.latest_health("fedhub-health.>"),
+            lambda: first(store.read(), 1),
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailable):
+                await call()
 
 
 StoreFactory = Callable[[], Awaitable[EventStore]]
