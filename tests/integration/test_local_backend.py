@@ -96,6 +96,19 @@ async def test_valid_assertion_reads_contents(server: Running) -> None:
         assert (await resp.json())["type"] == "directory"
 
 
+async def test_the_lab_page_asks_nobody_about_news_or_updates(server: Running) -> None:
+    # Each new user used to get JupyterLab's pop-up asking whether to fetch its news feed,
+    # a feed compute nodes rarely reach.
+    async with aiohttp.ClientSession() as http, http.get(
+        server.url("lab"), headers=server.assertion()
+    ) as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    start = page.index('id="jupyter-config-data"')
+    config = json.loads(page[page.index(">", start) + 1:page.index("</script>", start)])
+    assert config["news"] == {"disabled": True}
+
+
 async def test_assertion_for_another_prefix_or_key_is_refused(server: Running) -> None:
     async with aiohttp.ClientSession() as http:
         for headers in (server.assertion(prefix="/user/bob/"),

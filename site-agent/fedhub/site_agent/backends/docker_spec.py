@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fedhub.schemas.names import subject_token
 from fedhub.schemas.resources import OptionKind, OptionSpec, parse_memory
 from fedhub.site_agent.backends.base import JobReport, JobStatus, ServerSpec, validated_config
+from fedhub.site_agent.backends.server_flags import SERVER_FLAGS
 from fedhub.site_agent.errors import BackendError
 
 LABEL_SITE = "fedhub.site"
 LABEL_USER = "fedhub.user"
 LABEL_SERVER = "fedhub.server"
 LABEL_SPAWN = "fedhub.spawn_id"
-IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
 KEYS_MOUNT = "/etc/fedhub"  # the agent's trusted-keys directory, read-only
 KEYS_FILE = "trusted-keys.json"
 PORT = 8888  # inside the container; published on an ephemeral host port
@@ -267,17 +267,11 @@ def jupyter_command(config: DockerConfig, spec: ServerSpec) -> list[str]:
     """The single-user server's argv: assertion identity only, as the local backend."""
     return [
         "jupyter", "lab",
-        "--no-browser",
+        *SERVER_FLAGS,
         "--ServerApp.ip=0.0.0.0",
         f"--ServerApp.port={PORT}",
-        "--ServerApp.port_retries=0",
         f"--ServerApp.base_url={spec.prefix}",
         f"--ServerApp.root_dir={config.home}",
-        f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
-        "--IdentityProvider.token=",
-        "--ServerApp.allow_remote_access=True",
-        "--ServerApp.allow_unauthenticated_access=False",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         # Harmless for the default uid 1000; lets operators run images as root.
         "--ServerApp.allow_root=True",
     ]

@@ -59,7 +59,7 @@ from fedhub.site_agent.backends.batch import (
     Runner,
     Submission,
 )
-from fedhub.site_agent.backends.local import IDENTITY_PROVIDER
+from fedhub.site_agent.backends.server_flags import SERVER_FLAGS
 from fedhub.site_agent.errors import BackendError
 
 if TYPE_CHECKING:
@@ -279,13 +279,9 @@ os.replace(reg + ".tmp", reg)
 print(f"fedhub: job {{job_id}} serves {{a.prefix}} at {{host}}:{{port}}", flush=True)
 os.environ.update(FEDHUB_TRUSTED_KEYS=a.keys, FEDHUB_SERVER_PREFIX=a.prefix,
                   FEDHUB_SERVER_USER=a.user)
-argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=0.0.0.0",
-        f"--ServerApp.port={{port}}", "--ServerApp.port_retries=0",
-        f"--ServerApp.base_url={{a.prefix}}", f"--ServerApp.root_dir={{a.root}}",
-        "--ServerApp.identity_provider_class={identity}",
-        "--IdentityProvider.token=", "--ServerApp.allow_remote_access=True",
-        "--ServerApp.allow_unauthenticated_access=False",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+argv = [sys.executable, "-m", "jupyterlab", *{flags}, "--ServerApp.ip=0.0.0.0",
+        f"--ServerApp.port={{port}}", f"--ServerApp.base_url={{a.prefix}}",
+        f"--ServerApp.root_dir={{a.root}}"]
 if os.geteuid() == 0:
     argv.append("--allow-root")
 os.execv(sys.executable, argv)
@@ -294,7 +290,7 @@ os.execv(sys.executable, argv)
 
 def wrapper_text(cfg: HTCondorConfig) -> str:
     """The job wrapper script for this site (its first line names ``cfg.python``)."""
-    return WRAPPER.format(python=cfg.python, identity=IDENTITY_PROVIDER)
+    return WRAPPER.format(python=cfg.python, flags=repr(list(SERVER_FLAGS)))
 
 
 def submit_description(cfg: HTCondorConfig, site: str, spec: ServerSpec, *, wrapper: Path,

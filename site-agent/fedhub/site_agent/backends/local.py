@@ -42,6 +42,7 @@ from fedhub.site_agent.backends.process import (
     spawn_detached,
 )
 from fedhub.site_agent.backends.readiness import wait_until_ready
+from fedhub.site_agent.backends.server_flags import SERVER_FLAGS
 from fedhub.site_agent.errors import BackendError
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDENTITY_PROVIDER = "fedhub.site_agent.singleuser.AssertionIdentityProvider"
 STOP_GRACE = 10.0
 # What a server inherits from the agent's environment (JupyterHub's Spawner.env_keep).
 ENV_KEEP = ("PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LANG",
@@ -214,18 +214,11 @@ class LocalProcessBackend:
             *become,
             exe,
             *self.jupyter_command[1:],
-            "--no-browser",
+            *SERVER_FLAGS,
             f"--ServerApp.ip={self.host}",
             f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
             f"--ServerApp.base_url={spec.prefix}",
             f"--ServerApp.root_dir={root}",
-            f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
-            "--IdentityProvider.token=",
-            # The proxy keeps the browser's Host header; identity comes from the assertion.
-            "--ServerApp.allow_remote_access=True",
-            "--ServerApp.allow_unauthenticated_access=False",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *root_flag,
         ]
 

@@ -45,8 +45,8 @@ from fedhub.site_agent.backends.base import (
     ServerSpec,
     through_to_running,
 )
-from fedhub.site_agent.backends.local import IDENTITY_PROVIDER
 from fedhub.site_agent.backends.readiness import wait_until_ready
+from fedhub.site_agent.backends.server_flags import SERVER_FLAGS
 from fedhub.site_agent.backends.ssh_config import SSHConfig, SSHHost, load_config
 from fedhub.site_agent.errors import BackendError
 
@@ -63,16 +63,9 @@ def jupyter_argv(command: list[str], host: SSHHost, spec: ServerSpec) -> list[st
     """The remote Jupyter command line (the launcher adds port, root dir and --allow-root)."""
     return [
         *command,
-        "--no-browser",
+        *SERVER_FLAGS,
         f"--ServerApp.ip={host.listen}",
-        "--ServerApp.port_retries=0",
         f"--ServerApp.base_url={spec.prefix}",
-        f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
-        "--IdentityProvider.token=",
-        # The proxy keeps the browser's Host header; identity comes from the assertion.
-        "--ServerApp.allow_remote_access=True",
-        "--ServerApp.allow_unauthenticated_access=False",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
 
 
