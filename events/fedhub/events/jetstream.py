@@ -317,9 +317,11 @@ class JetStreamStore:
 
     async def _ordered_msgs(
         self, subjects: str, config: jsapi.ConsumerConfig, *, until_caught_up: bool,
-        watch: bool = False,
+        watch: bool = False, stream: str | None = None, patience: float | None = None,
     ) -> AsyncGenerator[Msg, None]:
-        """An ordered (flow-controlled, gap-free) push consumer over ``subjects``.
+        """An ordered (flow-controlled, gap-free) push consumer over ``subjects`` of
+        ``stream`` (the log's by default); without ``watch``, waiting more than
+        ``patience`` seconds (if given) for a message raises StoreUnavailable.
 
         The consumer is named, so the server sees the filter in the API subject and can
         refuse a site credential that asks for subjects it may not read. With ``watch``,
@@ -332,7 +334,7 @@ class JetStreamStore:
         try:
             sub = await self._js.subscribe(
                 subjects,
-                stream=self._stream,
+                stream=stream or self._stream,
                 ordered_consumer=True,
                 config=config,
                 pending_msgs_limit=-1,
@@ -355,9 +357,12 @@ class JetStreamStore:
                     return
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=FOLLOW_CHECK if watch else None)
+                    msg = await sub.next_msg(timeout=FOLLOW_CHECK if watch else patience)
                 except TimeoutError:  # nats-py raises its own or asyncio's
-                    if watch and not await _delivering(sub):
+                    if not watch:
+                        raise StoreUnavailable(
+                            f"cannot read {subjects}: nothing came for {patience} s") from None
+                    if not await _delivering(sub):
                         raise _ConsumerLost(subjects) from None
                     continue
                 except NatsError as exc:  # e.g. the connection closed under it
@@ -526,22 +531,9 @@ class JetStreamStore:
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
         cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT)
         out: dict[str, tuple[bytes, datetime]] = {}
-        try:
-            sub = await self._js.subscribe(
-                subjects, stream=HEALTH_STREAM, ordered_consumer=True, config=cfg
-            )
-            try:
-                info = await sub.consumer_info()
-                delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
-                pending = int(info.num_pending or 0) + delivered
-                while pending > 0:
-                    msg = await sub.next_msg(timeout=5)
-                    stamp: Any = msg.metadata.timestamp
-                    out[msg.subject] = (msg.data, stamp if stamp else datetime.now(UTC))
-                    pending = int(msg.metadata.num_pending)
-            finally:
-                with contextlib.suppress(NatsError):  # the connection may be closing
-                    await sub.unsubscribe()
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"reading heartbeats on {subjects} failed: {exc}") from exc
+        async with aclosing(self._ordered_msgs(subjects, cfg, until_caught_up=True,
+                                               stream=HEALTH_STREAM, patience=5)) as msgs:
+            async for msg in msgs:
+                stamp: Any = msg.metadata.timestamp
+                out[msg.subject] = (msg.data, stamp if stamp else datetime.now(UTC))
         return out
