@@ -63,4 +63,3 @@ async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> N
         finally:
             await watcher.close()
             await store.close()
-

@@ -71,12 +71,12 @@ class MemoryStore:
         self._health: dict[str, tuple[bytes, datetime]] = {}
         self._closed = False
 
-    def _open(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:  # as the JetStream store's closed connection answers
             raise StoreUnavailable("the event store is closed")
 
     async def append(self, event: Envelope, *, expected_seq: int | None = None) -> int:
-        self._open()
+        self._check_open()
         if event.id in self._ids:
             return self._ids[event.id]
         actual = self._last_by_subject.get(event.subject, 0)
@@ -87,7 +87,7 @@ class MemoryStore:
         return seq
 
     async def append_raw(self, subject: str, data: bytes) -> int:
-        self._open()
+        self._check_open()
         return await self._store(subject, data)
 
     async def _store(self, subject: str, data: bytes) -> int:
@@ -99,7 +99,7 @@ class MemoryStore:
         return seq
 
     async def last(self, subject: str) -> StoredEvent | None:
-        self._open()
+        self._check_open()
         seq = self._last_by_subject.get(subject)
         if seq is None:
             return None
@@ -119,7 +119,7 @@ class MemoryStore:
     async def read(
         self, subjects: str = "fedhub.>", *, start: int = 1
     ) -> AsyncGenerator[StoredEvent, None]:
-        self._open()
+        self._check_open()
         end = len(self._messages)
         for msg in self._messages[max(start, 1) - 1 : end]:
             if matches(subjects, msg.subject) and (item := self._decoded(msg)) is not None:
@@ -130,7 +130,7 @@ class MemoryStore:
     ) -> AsyncGenerator[StoredEvent, None]:
         position = max(start, 1)
         while True:
-            self._open()
+            self._check_open()
             while position <= len(self._messages):
                 msg = self._messages[position - 1]
                 position += 1
@@ -140,7 +140,7 @@ class MemoryStore:
                 await self._changed.wait_for(partial(self._beyond, position))
 
     async def latest_per_subject(self, subjects: str) -> list[StoredEvent]:
-        self._open()
+        self._check_open()
         seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
         out = []
         for seq in seqs:
@@ -150,19 +150,19 @@ class MemoryStore:
 
     async def latest_raw(self, subjects: str) -> AsyncGenerator[tuple[int, bytes], None]:
         """See fedhub.events.raw.RawReader: latest message per subject, undecoded."""
-        self._open()
+        self._check_open()
         seqs = sorted(s for subj, s in self._last_by_subject.items() if matches(subjects, subj))
         for seq in seqs:
             yield seq, self._messages[seq - 1].data
 
     async def delete_consumer(self, durable: str) -> bool:
-        self._open()
+        self._check_open()
         return self._consumers.pop(durable, None) is not None
 
     async def consume(
         self, subjects: str, *, durable: str
     ) -> AsyncGenerator[_MemoryDelivery, None]:
-        self._open()
+        self._check_open()
         consumer = self._consumers.setdefault(durable, _Consumer(subjects, self._changed))
         if consumer.subjects != subjects:
             raise ConsumerMismatch(
@@ -183,7 +183,7 @@ class MemoryStore:
             count = len(self._messages)
             async with self._changed:
                 await self._changed.wait_for(partial(self._has_work, consumer, count))
-            self._open()
+            self._check_open()
 
     def _beyond(self, position: int) -> bool:
         return self._closed or position <= len(self._messages)
@@ -199,15 +199,15 @@ class MemoryStore:
         )
 
     async def put_health(self, subject: str, data: bytes) -> None:
-        self._open()
+        self._check_open()
         self._health[subject] = (data, datetime.now(UTC))
 
     async def latest_health(self, subjects: str) -> dict[str, tuple[bytes, datetime]]:
-        self._open()
+        self._check_open()
         return {s: v for s, v in self._health.items() if matches(subjects, s)}
 
     async def last_seq(self) -> int:
-        self._open()
+        self._check_open()
         return len(self._messages)
 
     async def close(self) -> None:

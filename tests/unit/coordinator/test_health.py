@@ -117,15 +117,15 @@ async def test_a_heartbeat_read_its_callers_gave_up_on_fails_quietly(
     try:
         waiting = asyncio.create_task(list_sites(hub))
         await asyncio.sleep(0)
-        assert hub.heartbeat_read is not None
+        read = hub.heartbeat_read
+        assert read is not None
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         closing.set()
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await asyncio.wait({read})  # its own done callback runs before this wait's
         assert hub.heartbeat_read is None
-        del waiting
+        del waiting, read
         gc.collect()
         assert unhandled == []
     finally:

@@ -207,7 +207,6 @@ class EventStoreContract:
         assert {k: v[0] for k, v in health.items()} == {
             "fedhub-health.site.a": b"2", "fedhub-health.site.b": b"3"}
 
-
     async def test_a_closed_store_answers_store_unavailable(self, store: EventStore) -> None:
         # Components close their store at shutdown while requests and loops may still
         # be under way: each must meet the error it handles, not the client library's.
