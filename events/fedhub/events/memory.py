@@ -155,6 +155,11 @@ class MemoryStore:
         for seq in seqs:
             yield seq, self._messages[seq - 1].data
 
+    def acked(self, durable: str) -> frozenset[int]:
+        """The sequences consumer ``durable`` has acked (for tests: what it is done with)."""
+        consumer = self._consumers.get(durable)
+        return frozenset(consumer.acked) if consumer is not None else frozenset()
+
     async def delete_consumer(self, durable: str) -> bool:
         self._check_open()
         return self._consumers.pop(durable, None) is not None

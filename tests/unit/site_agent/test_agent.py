@@ -430,9 +430,8 @@ async def all_handled(store: MemoryStore, limit: float = 5.0) -> None:
     """Wait until the agent has acked every command sent so far (a start is acked once
     submitted; an ignored command at once)."""
     sent = {item.seq async for item in store.read(subjects.commands("hpc"))}
-    consumers = store._consumers  # the fake's own record of each consumer's acks
     durable = subjects.command_consumer("hpc")
-    await wait_for(lambda: durable in consumers and sent <= consumers[durable].acked, limit)
+    await wait_for(lambda: sent <= store.acked(durable), limit)
 
 
 async def running(store: MemoryStore, make_agent: MakeAgent, spawn_id: str,
