@@ -26,14 +26,20 @@ WHY = {
     "users": "each page is a few SQL queries and one JSON serialization in the coordinator",
     "tunnel": "the direct route is the proxy's raw fast path (about 45 µs of CPU per "
               "request), while through the tunnel every byte also crosses SSH in Python on "
-              "both sides and one more local hop (the bridge socket): per request about 100 "
-              "µs more in the proxy and 100-170 µs in the agent (the CPU rows); py-spy "
-              "(bench/tunnel_bench.py --profile) puts that in asyncssh's receive path (its "
-              "input buffer is concatenated and sliced, the packet decrypted and sliced "
-              "again: about six copies of every byte in Python) and in the empty ignore "
-              "packet asyncssh sends before every packet (two encryptions and two TCP sends "
-              "per message); meeting 0.5x needs an SSH transport that does not copy in "
-              "Python (e.g. OpenSSH's own forwarding), not a faster bridge",
+              "both sides and one more local hop (the bridge socket, under a tenth of the "
+              "proxy's CPU per tunnelled request): per request about 100 µs more in the "
+              "proxy and 100-170 µs in the agent (the CPU rows). py-spy "
+              "(bench/tunnel_bench.py --profile) puts that in asyncssh: the empty ignore "
+              "packet it sends before every packet (two encryptions and two TCP sends per "
+              "message), its logging of every packet, and its copies of every byte (the "
+              "input buffer concatenated and sliced, the packet decrypted and sliced "
+              "again). With asyncssh patched to send no ignore packets and log nothing (an "
+              "experiment, not shipped) the request rows reached 0.24-0.44x and the "
+              "download 0.25x; in a download, memcpy in asyncssh and the socket reads and "
+              "writes take about half of both processes' CPU, AES-GCM under 5%. Meeting "
+              "0.5x needs an SSH transport that does not copy in Python at either end "
+              "(e.g. OpenSSH's own forwarding), which DESIGN.md section 4 (asyncssh) rules "
+              "out until the design changes",
 }
 
 
