@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,11 +252,15 @@ async def test_other_user_is_forbidden(
 
 async def test_admin_access(
     store: MemoryStore, hub_url: str, tmp_path: Path, world: World, upstream: Upstream,
-    client: aiohttp.ClientSession,
+    client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy = make_proxy(store, hub_url, tmp_path, admin_access=True)
-    await proxy.start()
+    with caplog.at_level(logging.WARNING, logger="fedhub.edge_proxy"):
+        await proxy.start()
     try:
+        # the operator is told what the setting risks
+        assert any("admin_access is on" in r.getMessage() and "session" in r.getMessage()
+                   for r in caplog.records)
         root = {"Cookie": f"fedhub-session={world.session('root')}"}
         status, _, _ = await get(client, f"{proxy.url}/user/alice/api", headers=root)
         assert status == 200

@@ -102,6 +102,10 @@ class EdgeProxy:
             follow(self.store, self.state, start, on_change=self._notify), name="edge-follow"
         )
         await self.tunnels.start(self.store)
+        if self._admin_access:
+            log.warning("admin_access is on: admins reach every user's server, and as every "
+                        "server shares this proxy's origin, a page one of them opens acts "
+                        "with the admin's session")
         self.ready = True
 
     async def stop(self) -> None:
