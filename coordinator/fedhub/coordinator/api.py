@@ -23,6 +23,7 @@ from fedhub.schemas.events import ServerStatus, TokenRevoked
 
 router = APIRouter(prefix="/hub/api")
 PAGINATION = "application/jupyterhub-pagination+json"
+PAGE_DEFAULT, PAGE_MAX = 50, 200  # JupyterHub's api_page_default_limit, api_page_max_limit
 VERSION = "0.1.0"
 STOP_PATIENCE = 10.0  # seconds a DELETE waits for the stop before answering 202
 _V = TypeVar("_V")
@@ -138,11 +139,17 @@ async def whoami(request: Request) -> dict[str, Any]:
 
 
 @router.get("/users")
-async def list_all(request: Request, offset: int = 0, limit: int = 50) -> Response:
+async def list_all(request: Request, offset: int = 0, limit: int | None = None) -> Response:
+    """Users, a page at a time, as JupyterHub pages them: ``limit`` defaults to 50 for
+    clients that ask for pages and to the maximum (200) for the others, larger limits are
+    cut to the maximum, and ``next`` carries the next page's URL."""
     hub = hub_of(request)
     ident = auth.require(hub, request)
-    if offset < 0 or not 1 <= limit <= 200:
-        raise BadRequest("offset must be >= 0 and limit between 1 and 200")
+    paginated = PAGINATION in request.headers.get("accept", "")
+    if offset < 0:
+        raise BadRequest("offset must be >= 0")
+    limit = max(1, min(PAGE_MAX, limit if limit is not None else
+                       PAGE_DEFAULT if paginated else PAGE_MAX))
     if ident.admin:
         rows, total = users.list_users(hub, offset, limit)
     else:
@@ -150,8 +157,11 @@ async def list_all(request: Request, offset: int = 0, limit: int = 50) -> Respon
     owned = users.servers_of_users(hub, [u.name for u in rows])
     down = servers.unreachable_sites(hub)
     items = [user_model(hub, u, owned.get(u.name, []), down) for u in rows]
-    if PAGINATION in request.headers.get("accept", ""):
-        nxt = {"offset": offset + limit, "limit": limit} if offset + limit < total else None
+    if paginated:
+        nxt = None
+        if offset + limit < total:
+            url = request.url.include_query_params(offset=offset + limit, limit=limit)
+            nxt = {"offset": offset + limit, "limit": limit, "url": str(url)}
         return JSONResponse({"items": items, "_pagination": {
             "offset": offset, "limit": limit, "total": total, "next": nxt}})
     return JSONResponse(items)

@@ -90,13 +90,40 @@ async def test_a_page_shows_each_user_as_their_own_endpoint_does(
 async def test_pages_walk_the_users_in_name_order(client: httpx.AsyncClient) -> None:
     first = await page(client, 0, 3)
     assert [u["name"] for u in first["items"]] == ["ann", "bob", "cat"]
-    assert first["_pagination"] == {"offset": 0, "limit": 3, "total": 7,
-                                    "next": {"offset": 3, "limit": 3}}
+    nxt = first["_pagination"].pop("next")
+    assert first["_pagination"] == {"offset": 0, "limit": 3, "total": 7}
+    assert (nxt["offset"], nxt["limit"]) == (3, 3)
+    # jupyterhub-idle-culler walks the pages by following next's url
+    names, url = [], "/hub/api/users?limit=3"
+    while url:
+        body = (await client.get(url, headers=PAGINATION)).json()
+        names += [u["name"] for u in body["items"]]
+        url = (body["_pagination"]["next"] or {}).get("url")
+    assert names == sorted([*NAMES, "root"])
     last = await page(client, 6, 3)
     assert [u["name"] for u in last["items"]] == ["root"]
     assert last["_pagination"]["next"] is None
     plain = await client.get("/hub/api/users", params={"offset": 1, "limit": 2})
     assert [u["name"] for u in plain.json()] == ["bob", "cat"]
+
+
+async def test_a_plain_list_holds_up_to_200_users_as_jupyterhub_s_does(
+        hub: Hub, client: httpx.AsyncClient) -> None:
+    for n in range(60):
+        await create_user(hub, f"user{n:02d}", admin=False, actor="test")
+    await hub.projection.wait_for(await hub.store.last_seq())
+    plain = await client.get("/hub/api/users")  # a client that does not ask for pages
+    assert len(plain.json()) == 67
+    paged = await client.get("/hub/api/users", headers=PAGINATION)
+    assert len(paged.json()["items"]) == 50 and paged.json()["_pagination"]["total"] == 67
+
+
+async def test_limits_are_cut_to_the_maximum_as_jupyterhub_does(
+        client: httpx.AsyncClient) -> None:
+    big = await page(client, 0, 500)
+    assert big["_pagination"]["limit"] == 200 and len(big["items"]) == 7
+    r = await client.get("/hub/api/users", params={"offset": -1}, headers=PAGINATION)
+    assert r.status_code == 400 and "offset" in r.json()["message"]
 
 
 async def test_a_page_costs_the_same_queries_at_any_size(
