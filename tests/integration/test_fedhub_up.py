@@ -72,6 +72,13 @@ def test_up_runs_the_hub_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
              "user", "add", "zoe", "--password", "zoe-password-1"],
             capture_output=True, text=True, timeout=60)
         assert created.returncode == 0 and "created user zoe" in created.stdout, created.stderr
+        # a second `fedhub up` on the same data directory says why it cannot start and
+        # leaves the running hub alone: the CLI still finds it
+        second = subprocess.run(
+            [sys.executable, "-m", "fedhub.coordinator.cli", "--data-dir", str(data_dir), "up",
+             "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "already running" in second.stderr, second.stderr
+        assert "zoe" in fedhub(data_dir, "user", "list")
         browser.close()
     finally:
         proc.send_signal(signal.SIGINT)

@@ -53,6 +53,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def running_hub(data_dir: Path) -> dict[str, str] | None:
+    """What ``runtime.json`` in ``data_dir`` records, if the ``fedhub up`` that wrote it
+    still runs (another process whose command line names fedhub); None otherwise."""
+    try:
+        runtime = json.loads((data_dir / RUNTIME_FILE).read_text())
+        pid = int(runtime["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return None  # gone (or no /proc: then the port check below still protects)
+    except OSError:
+        cmdline = b"fedhub"
+    return {str(k): str(v) for k, v in runtime.items()} if b"fedhub" in cmdline else None
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,6 +142,7 @@ class Embedded:
         self.log_dir = log_dir or data_dir / "logs"
         self.children: list[Child] = []
         self._stopping = False
+        self._wrote_runtime = False  # runtime.json is ours to remove only once we wrote it
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +155,12 @@ class Embedded:
 
     def start(self) -> dict[str, str]:
         """Start every part; returns what ``runtime.json`` records. Raises RuntimeError."""
+        running = running_hub(self.data_dir)
+        if running is not None:
+            raise RuntimeError(
+                f"a hub is already running from {self.data_dir} (pid {running['pid']}, "
+                f"{running.get('url', '?')}); stop it first, or set FEDHUB_DATA_DIR to "
+                "another directory for a second hub")
         if not _port_free(self.host, self.port):
             raise RuntimeError(f"port {self.port} on {self.host} is in use; use --port")
         binary = shutil.which("nats-server")
@@ -161,6 +187,7 @@ class Embedded:
                    "nats_address": nats_address, "nats_pid": str(nats.pid),
                    "pid": str(os.getpid())}
         write_private(self.data_dir / RUNTIME_FILE, json.dumps(runtime, indent=2))
+        self._wrote_runtime = True
         coord = self._spawn("coordinator", [py, "-m", "fedhub.coordinator"], {
             **common, "FEDHUB_PORT": str(hub_port), "FEDHUB_PUBLIC_URL": public,
             "FEDHUB_ADMIN_USER": user, "FEDHUB_ADMIN_PASSWORD": password,
@@ -228,7 +255,8 @@ class Embedded:
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
                     child.proc.wait()
-        (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        if self._wrote_runtime:
+            (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
 
     def watch(self) -> str | None:
         """Block until a signal or a child exits; returns the dead child's name, if any."""
