@@ -27,6 +27,9 @@ COMPONENTS = {"coordinator": "fedhub.coordinator", "site-agent": "fedhub.site_ag
               "edge-proxy": "fedhub.edge_proxy"}
 
 
+PAGINATION = "application/jupyterhub-pagination+json"
+
+
 class CliError(Exception):
     """A failure to report in one line, exit code 1."""
 
@@ -60,6 +63,11 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
             resp = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the hub: {exc}") from exc
+    return _answer(resp)
+
+
+def _answer(resp: httpx.Response) -> Any:
+    """The JSON of an API answer; raises CliError with the hub's message for an error."""
     if resp.status_code >= 400:
         try:
             message = resp.json().get("message", resp.text)
@@ -71,18 +79,14 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
 
 def _user(args: argparse.Namespace) -> int:
     if args.action == "add":
-        password = args.password
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        elif password is None and sys.stdin.isatty():
-            password = getpass.getpass(f"password for {args.name}: ")
         body: dict[str, Any] = {"admin": args.admin}
-        if password:
+        password = _new_password(args)
+        if password is not None:
             body["password"] = password
         user = _call(args, "POST", f"/users/{args.name}", body)
         print(f"created user {user['name']}{' (admin)' if user['admin'] else ''}")
     elif args.action == "list":
-        for user in _call(args, "GET", "/users?limit=200"):
+        for user in _all_users(args):
             running = ", ".join(f"{n or '(default)'}:{s['status']}"
                                 for n, s in user["servers"].items())
             print(f"{user['name']:<24} {'admin' if user['admin'] else '':<6} {running}")
@@ -90,6 +94,45 @@ def _user(args: argparse.Namespace) -> int:
         _call(args, "DELETE", f"/users/{args.name}")
         print(f"deleted user {args.name}")
     return 0
+
+
+def _new_password(args: argparse.Namespace) -> str | None:
+    """The password ``user add`` sets: from --password, --password-stdin or a prompt;
+    None only with --no-password. Never an empty one: a user created without a password
+    by mistake could not log in, and nothing would have said so."""
+    if args.no_password:
+        if args.password is not None or args.password_stdin:
+            raise CliError("--no-password cannot go with --password or --password-stdin")
+        return None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.password is not None:
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        raise CliError("no password given and no terminal to ask for one: pass --password, "
+                       "--password-stdin, or --no-password for a user who logs in through "
+                       "an identity provider")
+    if not password:
+        raise CliError("the password is empty")
+    return password
+
+
+def _all_users(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every user, a page of 200 at a time."""
+    found: list[dict[str, Any]] = []
+    with _client(args) as client:
+        while True:
+            try:
+                resp = client.get("/users", params={"offset": len(found), "limit": 200},
+                                  headers={"Accept": PAGINATION})
+            except httpx.HTTPError as exc:
+                raise CliError(f"cannot reach the hub: {exc}") from exc
+            page = _answer(resp)
+            found += page["items"]
+            if page["_pagination"]["next"] is None or not page["items"]:
+                return found
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -182,6 +225,9 @@ def _audit(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
+    except BrokenPipeError:  # the reader had enough (`fedhub audit | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 0
     except Exception as exc:  # noqa: BLE001 - one readable line for any store failure
         raise CliError(f"audit failed: {exc}") from exc
     return 0
@@ -201,8 +247,11 @@ def parser() -> argparse.ArgumentParser:
     add = usr_sub.add_parser("add")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
-    add.add_argument("--password")
-    add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--password", help="the password (default: asked for)")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.add_argument("--no-password", action="store_true",
+                     help="no local password: the user logs in through an identity provider")
     usr_sub.add_parser("list")
     delete = usr_sub.add_parser("delete")
     delete.add_argument("name")
@@ -248,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
     aud.add_argument("--json", action="store_true", help="JSON lines")
     aud.add_argument("--commands", action="store_true",
                      help="include commands to sites and their raw reports")
-    aud.add_argument("--nats-url")
+    aud.add_argument("--nats-url", help="the log's NATS, with a user that may read it "
+                     "(default: FEDHUB_NATS_URL or the running `fedhub up`'s)")
     for name in COMPONENTS:
         sub.add_parser(name, help=f"run the {name} on its own", add_help=False)
     return p
