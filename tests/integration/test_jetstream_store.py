@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedhub.events.errors import StoreUnavailable
 from fedhub.events.jetstream import JetStreamStore
 from tests.support.polling import until
 from tests.support.services import nats_server
@@ -63,3 +64,15 @@ async def test_first_is_fetched_without_creating_a_consumer(tmp_path: Path) -> N
         finally:
             await watcher.close()
             await store.close()
+
+
+async def test_closing_while_nats_is_away_just_closes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A component stopped (Ctrl-C) while its NATS server is down used to end with a
+    # traceback: nats-py refuses to drain a connection that is being re-established.
+    with nats_server(tmp_path) as url:
+        store = await JetStreamStore.connect(url)
+    await until(lambda: "reconnecting" in caplog.text, what="the client to notice")
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.last_seq()

@@ -122,8 +122,12 @@ async def test_a_site_cannot_read_another_sites_commands_or_the_whole_log(
 
 
 async def test_a_wrong_password_cannot_connect(nats: dict[str, str]) -> None:
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailable) as refused:
         await JetStreamStore.connect(nats["wrong"], create_streams=False, connect_timeout=5)
+    # the operator learns why (as for a removed site's agent), and no password is shown
+    said = str(refused.value)
+    assert "refuses these credentials" in said and "revoked" in said, said
+    assert "not-the-password" not in said and "site-a" not in said, said
 
 
 async def ack_through(store: JetStreamStore, site: str, seq: int) -> list[int]:

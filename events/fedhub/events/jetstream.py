@@ -51,8 +51,28 @@ def _stored(seq: int, data: bytes, subject: str | None) -> StoredEvent | None:
         return None
 
 
+def _refused(exc: Exception) -> bool:
+    """True for the server's refusal of the credentials (wrong, or revoked)."""
+    return "authorization violation" in str(exc).lower()
+
+
 async def _on_error(exc: Exception) -> None:
-    log.warning("NATS: %s", exc or type(exc).__name__)
+    if _refused(exc):
+        log.warning("NATS refuses these credentials (%s): wrong, or revoked (a site removed "
+                    "with `fedhub site remove`); retrying", exc)
+    else:
+        log.warning("NATS: %s", exc or type(exc).__name__)
+
+
+def redacted(url: str) -> str:
+    """``url`` (one or several, comma-separated) without user names and passwords: for
+    messages and logs."""
+    def one(part: str) -> str:
+        parts = urlsplit(part.strip())
+        if parts.username is None and parts.password is None:
+            return part.strip()
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return ",".join(one(part) for part in url.split(","))
 
 
 async def _on_reconnect() -> None:
@@ -143,6 +163,12 @@ class JetStreamStore:
         Raises StoreUnavailable if the first connection fails.
         """
         nc = Client()
+        refusals: list[Exception] = []  # why the first connection fails, if the server said
+
+        async def on_error(exc: Exception) -> None:
+            if _refused(exc) and not nc.is_connected:
+                refusals.append(exc)
+            await _on_error(exc)
 
         async def on_disconnect() -> None:  # nats-py calls it on close() too: say so only
             if not nc.is_closed:  # when the connection was lost
@@ -165,7 +191,7 @@ class JetStreamStore:
                 reconnect_time_wait=1,
                 connect_timeout=5,
                 allow_reconnect=True,
-                error_cb=_on_error,
+                error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=_on_reconnect,
                 # A site's credential may only receive on its own inbox prefix.
@@ -176,8 +202,9 @@ class JetStreamStore:
             # wrong password keeps nats-py retrying): close it now, not at garbage collection.
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise StoreUnavailable(f"cannot connect to NATS at {url}: "
-                                   f"{str(exc) or 'no answer in time'}") from exc
+            why = (f"it refuses these credentials ({refusals[-1]}): wrong, or revoked"
+                   if refusals else str(exc) or "no answer in time")
+            raise StoreUnavailable(f"cannot connect to NATS at {redacted(url)}: {why}") from exc
         store = cls(nc, nc.jetstream(), bounded_reads=not inbox_prefix,
                     direct_reads=credentials is None)
         if create_streams:
@@ -237,9 +264,14 @@ class JetStreamStore:
         log.info("stream %s is now kept on %d servers", stream, replicas)
 
     async def close(self) -> None:
-        """Drain and close the connection."""
-        if not self._nc.is_closed:
+        """Drain and close the connection; just close it while it is being re-established
+        (there is nothing to drain to, and the component is stopping anyway)."""
+        if self._nc.is_closed:
+            return
+        try:
             await self._nc.drain()
+        except (NatsError, OSError, TimeoutError):
+            await self._nc.close()
 
     async def append(self, event: Envelope, *, expected_seq: int | None = None) -> int:
         headers = {"Nats-Msg-Id": event.id}

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run_agent(settings))
     except StoreUnavailable as exc:
-        print(f"fedhub site-agent: cannot reach the event log at {settings.nats_url}: {exc}",
-              file=sys.stderr)
+        print(f"fedhub site-agent: cannot reach the event log: {exc}", file=sys.stderr)
         return 1
     except BundleError as exc:
         print(f"fedhub site-agent: {exc}", file=sys.stderr)
