@@ -82,7 +82,7 @@ class Exchange:
         self.upgrade = upgrade
         self.accept = accept
         self.req_remaining = framing.length
-        self.req_scanner = ChunkedScanner() if framing.chunked else None
+        self.req_scanner = ChunkedScanner(trailers=False) if framing.chunked else None
         self.req_done = not framing.length and not framing.chunked
         # Only a request without a body is sent again on a fresh connection: the body of
         # one is forwarded as it arrives and not kept.
@@ -201,9 +201,13 @@ class Exchange:
         if scanner is not None:
             try:
                 n = scanner.feed(buf)
-            except MalformedMessage:
+            except MalformedMessage as exc:
+                started = self.resp_started
                 self.abort()
-                client.abort()
+                if started:
+                    client.abort()
+                else:  # the client's fault, and it may still be told
+                    client.refuse(400, f"malformed request body: {exc}")
                 return
             self.req_done = scanner.done
         else:

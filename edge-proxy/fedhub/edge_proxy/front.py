@@ -194,6 +194,8 @@ class Client(asyncio.Protocol):
                 self.refuse(431, "request head too large")
             elif buf.startswith(b"\r\n"):  # stray empty lines between requests
                 self.buf = buf.lstrip(b"\r\n")
+            elif b"\n\n" in buf:  # a head that will never end as HTTP/1.1 says
+                self.refuse(400, "malformed request: header lines must end with CRLF")
             return
         if end + 4 > MAX_HEAD:
             self.refuse(431, "request head too large")
@@ -206,12 +208,24 @@ class Client(asyncio.Protocol):
             except MalformedMessage as exc:
                 self.refuse(400, f"malformed request: {exc}")
                 return
-            if head.version != "1.1" or not head.target.startswith("/"):
-                self.hand_over()
+            target = head.target
+            if not target.startswith("/") and not target[:8].lower().startswith(
+                    ("http://", "https://")):
+                # "*" (OPTIONS) and CONNECT's host:port: nothing here is addressed so
+                self.refuse(400, "malformed request: the target must be a path or a URL")
                 return
             headers: dict[str, str] = {}
+            hosts = 0
             for name, value in head.headers:
-                headers.setdefault(name.lower(), value)
+                lower = name.lower()
+                hosts += lower == "host"
+                headers.setdefault(lower, value)
+            if hosts > 1 or (hosts == 0 and head.version == "1.1"):
+                self.refuse(400, "malformed request: an HTTP/1.1 request has one Host header")
+                return
+            if head.version != "1.1" or not target.startswith("/"):
+                self.hand_over()
+                return
             memo = self.memo = Memo(raw, head, headers)
         head = memo.head
         plan = self.front.gate.plan(head, memo.headers)

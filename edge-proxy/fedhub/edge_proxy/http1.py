@@ -150,21 +150,30 @@ def body_framing(headers: dict[str, str], *, request: bool) -> Framing | None:
     return Framing() if request else Framing(until_close=True)
 
 
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 class ChunkedScanner:
     """Finds where a chunked body ends without decoding it (the bytes pass on as they are).
 
     ``feed`` returns how many bytes of ``data`` belong to the body: all of them until the
     last chunk and trailers are complete, then the offset just after them (``done``).
+
+    Strict where servers differ (RFC 9112 section 7.1): sizes are hex digits only (no
+    sign, ``0x`` or ``_``, which Python's ``int`` would take), every line ends with CRLF,
+    and with ``trailers=False`` (requests) a trailer field is refused: forwarded as it is,
+    it would carry headers past the ones the proxy strips and sets.
     """
 
-    __slots__ = ("_line", "_remaining", "_state", "done")
+    __slots__ = ("_line", "_remaining", "_state", "_trailers", "done")
 
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
-    def __init__(self) -> None:
+    def __init__(self, *, trailers: bool = True) -> None:
         self._state = self._SIZE
         self._remaining = 0
         self._line = b""  # a size or trailer line split across feeds
+        self._trailers = trailers
         self.done = False
 
     def feed(self, data: bytes) -> int:
@@ -186,17 +195,17 @@ class ChunkedScanner:
                 if len(self._line) > 4096:
                     raise MalformedMessage("chunk line too long")
                 return end
-            line = (self._line + data[pos:nl]).rstrip(b"\r")
+            line = self._line + data[pos:nl]
             self._line = b""
             pos = nl + 1
+            if not line.endswith(b"\r"):
+                raise MalformedMessage("chunked body line not ended by CRLF")
+            line = line[:-1]
             if state == self._SIZE:
-                size = line.split(b";", 1)[0].strip()
-                try:
-                    self._remaining = int(size, 16)
-                except ValueError:
-                    raise MalformedMessage(f"bad chunk size {size[:20]!r}") from None
-                if self._remaining < 0 or len(size) > 16:
-                    raise MalformedMessage("bad chunk size")
+                size = line.split(b";", 1)[0].rstrip(b" \t")
+                if not 0 < len(size) <= 16 or size.strip(HEX_DIGITS):
+                    raise MalformedMessage(f"bad chunk size {size[:20]!r}")
+                self._remaining = int(size, 16)
                 self._state = self._DATA if self._remaining else self._TRAILER
             elif state == self._DATA_END:
                 if line:
@@ -204,6 +213,8 @@ class ChunkedScanner:
                 self._state = self._SIZE
             elif not line:  # _TRAILER: an empty line ends the message
                 self.done = True
+            elif not self._trailers:
+                raise MalformedMessage("trailer fields are not accepted in requests")
         return pos
 
 

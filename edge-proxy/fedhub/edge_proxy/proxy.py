@@ -142,6 +142,9 @@ class EdgeProxy:
         path = request.path
         if path == HEALTH_PATH:
             return self._health()
+        if not path.startswith("/"):  # "*" or host:port, after a hand-over to aiohttp
+            return pages.error(request, 400, "malformed request: the target must be a path "
+                               "or a URL")
         if not self.ready:
             return pages.error(request, 503, "edge proxy starting")
         if path.startswith("/user/") and len(path) > 6:

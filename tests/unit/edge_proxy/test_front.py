@@ -424,6 +424,60 @@ async def test_malformed_and_oversized_requests(proxy: EdgeProxy) -> None:
     assert await asyncio.wait_for(reader.read(), 5) == b""
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"OPTIONS * HTTP/1.0\r\n\r\n",
+    b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+    b"GET /user/alice/ HTTP/1.1\r\n\r\n",  # no Host
+    b"GET /user/alice/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /user/alice/ HTTP/1.1\nHost: a\n\n",  # bare LF: the head would never end
+])
+async def test_requests_no_server_should_see_get_a_400_at_once(
+    proxy: EdgeProxy, upstream: Scripted, request_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen = len(upstream.heads)
+    reader, writer = await connect(proxy)
+    writer.write(request_bytes)
+    status, _, body = await read_response(reader)
+    assert status == 400 and b"malformed request" in body
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert len(upstream.heads) == seen
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback either
+
+
+async def test_an_asterisk_target_after_a_hand_over_gets_a_400(
+    proxy: EdgeProxy, caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader, writer = await connect(proxy)  # HTTP/1.0 keep-alive: aiohttp's from the start
+    writer.write(b"GET /_fedhub/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                 b"OPTIONS * HTTP/1.0\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    status, _, body = await read_response(reader)
+    assert status == 400 and b"malformed request" in body
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("body", [
+    b"0x3\r\nabc\r\n0\r\n\r\n",  # Python's int() reads 0x3; servers do not
+    b"3\nabc\n0\n\n",  # bare LF
+    b"3\r\nabc\r\n0\r\nX-Fedhub-Assertion: forged\r\n\r\n",  # a trailer
+])
+async def test_a_chunked_body_servers_would_read_otherwise_is_refused(
+    proxy: EdgeProxy, upstream: Scripted, body: bytes
+) -> None:
+    async def read_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       head: bytes) -> bool:
+        return False  # never answers: the proxy must answer by itself
+
+    upstream.handler = read_all
+    reader, writer = await connect(proxy)
+    writer.write(get("/user/alice/up", proxy, b"Transfer-Encoding: chunked\r\n",
+                     method=b"POST") + body)
+    status, _, answer = await read_response(reader)
+    assert status == 400 and b"malformed request body" in answer
+
+
 @pytest.mark.parametrize("framing", [
     b"Content-Length: 3\r\nContent-Length: 13\r\n",
     b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",

@@ -35,10 +35,23 @@ def test_chunked_scanner_finds_the_end_wherever_the_bytes_split(cut: int) -> Non
     assert scanner.done
 
 
-@pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXX\r\n", b"-1\r\n"])
+@pytest.mark.parametrize("bad", [
+    b"zz\r\n", b"5\r\nhelloXX\r\n", b"-1\r\n",
+    # sizes Python's int() reads but servers refuse: each a smuggling risk
+    b"0x5\r\n", b"+5\r\n", b"0_5\r\n", b" 5\r\n", b"\r\n",
+    # lines not ended by CRLF
+    b"5\nhello\r\n", b"5\r\nhello\n", b"0\r\n\n",
+])
 def test_chunked_scanner_refuses_broken_framing(bad: bytes) -> None:
     with pytest.raises(MalformedMessage):
         ChunkedScanner().feed(bad)
+
+
+def test_chunk_extensions_pass_and_request_trailers_do_not() -> None:
+    assert ChunkedScanner().feed(b"5 ;a=1\r\nhello\r\n0\r\n\r\n") == 20
+    assert ChunkedScanner(trailers=False).feed(b"0\r\n\r\n") == 5
+    with pytest.raises(MalformedMessage, match="trailer"):
+        ChunkedScanner(trailers=False).feed(b"0\r\nX-Fedhub-Assertion: forged\r\n\r\n")
 
 
 def test_request_heads_and_keep_alive() -> None:
