@@ -168,12 +168,16 @@ def _site(args: argparse.Namespace) -> int:
             print("  note: NATS is not managed here; pass --nats-auth DIR (see `fedhub "
                   "nats-auth`), or give the site a credential limited to its subjects "
                   "(fedhub.coordinator.natsauth.site_permissions)")
-        print(f"  on the site run: fedhub site-agent --credentials {bundle_path.name}")
+        config = "" if bundle.backend == "local" else " --config site.toml"
+        print(f"  on the site run: fedhub site-agent --credentials {bundle_path.name}{config}")
+        if config:
+            print(f"  (site.toml: the {bundle.backend} backend's settings; see the README)")
     elif args.action == "list":
         print(sitecli.table(call("GET", "/sites", None)))
     elif args.action == "drain":
         call("PATCH", f"/sites/{args.name}", {"weight": 0})
-        print(f"site {args.name} drained: it takes no new servers (running ones continue)")
+        print(f"site {args.name} drained: it takes no new servers (running ones continue); "
+              f"`fedhub site weight {args.name} N` opens it again")
     elif args.action == "weight":
         call("PATCH", f"/sites/{args.name}", {"weight": args.weight})
         print(f"site {args.name} weight set to {args.weight}")
@@ -181,6 +185,9 @@ def _site(args: argparse.Namespace) -> int:
         result = sitecli.remove(call, data_dir, args.name, args.nats_auth)
         print(f"site {result['name']} removed; credentials revoked; "
               f"{result['servers_lost']} server(s) marked lost")
+        if result["servers_lost"]:
+            print("  the hub can no longer reach them: stop them at the site (its agent, cut "
+                  "off now, leaves them running)")
         if args.nats_auth is not None:
             print(_RELOAD_HINT.format(conf=args.nats_auth / "auth.conf"))
     return 0
