@@ -15,7 +15,7 @@ from fedhub.coordinator.api import hub_of
 from fedhub.coordinator.auth import COOKIE, Identity
 from fedhub.coordinator.db import Token
 from fedhub.coordinator.errors import Forbidden, NotFound, TooManyRequests
-from fedhub.coordinator.sites import SiteView, free_cpus, list_sites
+from fedhub.coordinator.sites import SiteView, free_cpus, list_sites, problem
 from fedhub.schemas.events import ServerStatus
 from fedhub.schemas.names import server_prefix
 
@@ -34,6 +34,8 @@ def describe_free(site: SiteView) -> str:
     """Free capacity as a person reads it: cores and memory where the site reports them."""
     if site.status != "online" or not site.capacity:
         return ""
+    if trouble := problem(site):
+        return trouble
     parts = [f"{free_cpus(site):g} cores"]
     mem = site.capacity.get("mem_available_mb", site.capacity.get("free_memory_mb"))
     if isinstance(mem, int | float):

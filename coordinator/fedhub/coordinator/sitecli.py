@@ -83,6 +83,8 @@ def table(sites: list[dict[str, Any]]) -> str:
         cap = s.get("capacity") or {}
         free = ", ".join(f"{k}={v}" for k, v in cap.items() if k.startswith(("cpus", "free",
                                                                               "mem")))
+        if cap.get("problem") and s["status"] == "online":
+            free = f"problem: {cap['problem']}"
         lines.append(f"{s['name']:<16} {s['backend']:<9} {status:<12} {s['weight']:<7} "
                      f"{s['servers']:<8} {free}")
     return "\n".join(lines)

@@ -111,6 +111,13 @@ async def choose_site(hub: Hub, requested: str | None,
         raise BadRequest(f"invalid options for site {name}: {exc}") from exc
 
 
+def problem(view: SiteView) -> str:
+    """What the site's agent says keeps it from starting servers now (e.g. its scheduler
+    does not answer); "" when nothing does."""
+    found = view.capacity.get("problem") if view.status == "online" else None
+    return str(found) if found else ""
+
+
 def free_cpus(view: SiteView) -> float:
     """Free cores as the site reports them (``free_cpus``, else ``cpus - load1``)."""
     cap = view.capacity
@@ -125,17 +132,17 @@ def free_cpus(view: SiteView) -> float:
 def place(sites: list[SiteView]) -> tuple[str, str]:
     """``site=auto``: among online, undrained sites, the highest operator weight, then the
     most free cores, then the fewest servers. Returns (site, the reason, for the log)."""
-    usable = [s for s in sites if s.status == "online" and s.weight > 0]
+    usable = [s for s in sites if s.status == "online" and s.weight > 0 and not problem(s)]
     if not usable:
-        drained = [s.name for s in sites if s.status == "online"]
-        why = f" ({', '.join(drained)} drained)" if drained else ""
+        held = [f"{s.name} {problem(s) or 'drained'}" for s in sites if s.status == "online"]
+        why = f" ({'; '.join(held)})" if held else ""
         raise BadRequest(f"no site is online and accepting servers{why}")
     best = max(usable, key=lambda s: (s.weight, free_cpus(s), -s.servers))
     others = ", ".join(f"{s.name}: weight {s.weight}, {free_cpus(s):g} free cores"
                        for s in usable if s is not best)
     reason = (f"auto: weight {best.weight}, {free_cpus(best):g} free cores, "
               f"{best.servers} servers" + (f"; beat {others}" if others else ""))
-    skipped = [f"{s.name} ({'drained' if s.weight <= 0 else s.status})"
+    skipped = [f"{s.name} ({'drained' if s.weight <= 0 else problem(s) or s.status})"
                for s in sites if s not in usable]
     if skipped:
         reason += f"; not eligible: {', '.join(skipped)}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedhub.coordinator.errors import BadRequest
+from fedhub.coordinator.pages import describe_free
+from fedhub.coordinator.sitecli import table
 from fedhub.coordinator.sites import SiteView, place
 
 
@@ -33,3 +35,15 @@ def test_no_usable_site_is_a_clear_error() -> None:
 
 def test_garbage_capacity_counts_as_no_free_cores() -> None:
     assert place([site("a", cpus="many"), site("b", cpus=2)])[0] == "b"  # type: ignore[arg-type]
+
+
+def test_a_site_whose_agent_reports_a_problem_is_passed_over_and_shown() -> None:
+    trouble = "Slurm does not answer (sinfo: Unable to contact slurm controller)"
+    hpc = SiteView("hpc", "slurm", "", 5, "online", None, 0, {"problem": trouble})
+    name, reason = place([hpc, site("cloud", cpus=2)])
+    assert name == "cloud" and f"hpc ({trouble})" in reason  # its weight of 5 did not win
+    with pytest.raises(BadRequest, match="Slurm does not answer"):
+        place([hpc])
+    assert describe_free(hpc) == trouble  # the home page
+    listed = table([hpc.model()]).splitlines()[1]  # fedhub site list
+    assert listed.startswith("hpc") and listed.endswith(f"problem: {trouble}")

@@ -371,13 +371,15 @@ def test_options_and_capacity_from_sinfo(tmp_path: Path) -> None:
                                         "mem_free_mb": 191000}
 
 
-def test_configured_partitions_win_and_sinfo_failure_is_harmless(tmp_path: Path) -> None:
+def test_configured_partitions_win_and_sinfo_failure_is_reported(tmp_path: Path) -> None:
     backend = make_backend(tmp_path, FakeRunner(result("")), partitions=["short", "long"],
                            default_partition="long")
     opts = {o.name: o for o in backend.options()}
     assert opts["partition"].choices == ("short", "long")
     assert opts["partition"].default == "long" and opts["partition"].help == ""
-    assert backend.capacity() == {}
+    # the heartbeat tells operators (and placement) that Slurm does not answer
+    problem = backend.capacity()["problem"]
+    assert problem.startswith("Slurm does not answer (sinfo: ") and "no-sinfo" in problem
     bare = make_backend(tmp_path, FakeRunner(result("")))
     assert "partition" not in {o.name for o in bare.options()}  # Slurm's default applies
 

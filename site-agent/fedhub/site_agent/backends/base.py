@@ -146,8 +146,10 @@ class Backend(Protocol):
         ...
 
     def capacity(self) -> dict[str, Any]:
-        """Free capacity right now (for the heartbeat), e.g. ``{"cpus": 8}``. Does not
-        raise; idempotent."""
+        """Free capacity right now (for the heartbeat), e.g. ``{"cpus": 8}``; with
+        ``{"problem": "..."}`` when the backend knows it cannot start servers now (its
+        scheduler does not answer), which operators and placement see. Does not raise;
+        idempotent."""
         ...
 
 

@@ -424,6 +424,7 @@ class SlurmBackend(BatchBackend):
         self.trusted_keys = trusted_keys
         self._partitions = Cached(self._load_partitions, self._load_partitions_sync,
                                   config.capacity_max_age)
+        self._sinfo_problem = ""  # why the last sinfo gave nothing ("" when it worked)
         self._choices: tuple[str, ...] = tuple(config.partitions)
 
     # -- submission ------------------------------------------------------------------------
@@ -470,27 +471,29 @@ class SlurmBackend(BatchBackend):
             out = subprocess.run(self.scheduler_.sinfo_command(), capture_output=True,
                                  text=True, timeout=min(5.0, self.command_timeout), check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("sinfo failed: %s", exc)
-            return {}
+            return self._sinfo_failed(str(exc))
         return self._parse_partitions(out.returncode, out.stdout, out.stderr)
 
     async def _load_partitions(self) -> dict[str, Partition]:
         try:
             res = await self.runner(self.scheduler_.sinfo_command(), None, self.command_timeout)
         except CommandError as exc:
-            log.warning("sinfo failed: %s", exc)
-            return {}
+            return self._sinfo_failed(str(exc))
         return self._parse_partitions(res.returncode, res.stdout, res.stderr)
+
+    def _sinfo_failed(self, why: str) -> dict[str, Partition]:
+        self._sinfo_problem = why.strip()[:300] or "no output"
+        log.warning("sinfo failed: %s", self._sinfo_problem)
+        return {}
 
     def _parse_partitions(self, code: int, stdout: str, stderr: str) -> dict[str, Partition]:
         if code != 0:
-            log.warning("sinfo failed: %s", stderr.strip()[:300])
-            return {}
+            return self._sinfo_failed(stderr or f"exit code {code}")
         try:
             found = parse_sinfo(stdout)
         except ValueError as exc:
-            log.warning("cannot parse sinfo: %s", exc)
-            return {}
+            return self._sinfo_failed(f"cannot parse its output: {exc}")
+        self._sinfo_problem = ""
         if not self._choices:
             self._choices = tuple(sorted(found, key=lambda n: (not found[n].default, n)))
         return found
@@ -528,7 +531,8 @@ class SlurmBackend(BatchBackend):
         sinfo refreshed in the background at most every ``capacity_max_age`` seconds."""
         parts = self._partitions.get()
         if not parts:
-            return {}
+            problem = self._sinfo_problem
+            return {"problem": f"Slurm does not answer (sinfo: {problem})"} if problem else {}
         offered = {n: p for n, p in parts.items() if not self._choices or n in self._choices}
         nodes: dict[str, tuple[int, int]] = {}
         for p in offered.values():
