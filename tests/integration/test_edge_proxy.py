@@ -278,7 +278,12 @@ async def test_unauthenticated(proxy: EdgeProxy, client: aiohttp.ClientSession) 
     assert headers["Location"] == "/hub/login?next=%2Fuser%2Falice%2Flab%3Fx%3D1"
     status, _, body = await get(client, f"{proxy.url}/user/alice/api",
                                 headers={"Cookie": "fedhub-session=forged.token"})
-    assert status == 401 and body == {"status": 401, "message": "authentication required"}
+    assert status == 401 and body["message"].startswith("not accepted (session: ")
+    status, _, body = await get(client, f"{proxy.url}/user/alice/api")  # nothing sent
+    assert status == 401 and body["message"].startswith("authentication required: log in")
+    status, _, body = await get(client, f"{proxy.url}/user/alice/api",
+                                headers={"Authorization": "token bogus"})
+    assert status == 401 and "API token: " in body["message"] and "valid" in body["message"]
 
 
 async def test_revocation_applies_live(

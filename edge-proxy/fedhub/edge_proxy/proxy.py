@@ -56,6 +56,7 @@ class Access:
     owner: str
     route: Route | None
     allowed: bool
+    refused: str = ""  # why a credential that was sent did not identify anyone
 
 
 class EdgeProxy:
@@ -172,7 +173,9 @@ class EdgeProxy:
         if identity is None:
             if pages.wants_html(request):
                 return pages.redirect(f"/hub/login?next={quote(request.raw_path, safe='')}")
-            return pages.error(request, 401, "authentication required")
+            why = (f"not accepted ({access.refused}); log in again or send a valid"
+                   if access.refused else "authentication required: log in or send")
+            return pages.error(request, 401, f"{why} 'Authorization: token ...'")
         if not access.allowed:
             return pages.error(
                 request, 403, f"you are logged in as {identity.user}: this server belongs to"
@@ -216,8 +219,8 @@ class EdgeProxy:
         route = self.state.routes.match(path)
         owner = route.user if route is not None else path[6:].split("/", 1)[0]
         found = self._identify(authorization, query_string, cookie)
-        if found is None:
-            return Access(None, "", owner, route, False)
+        if isinstance(found, str):
+            return Access(None, "", owner, route, False, found)
         identity, source = found
         allowed = identity.user == owner or (identity.admin and self._admin_access)
         return Access(identity, source, owner, route, allowed)
@@ -228,8 +231,9 @@ class EdgeProxy:
         return Plan(route.target, route.address, assertion, source, route)
 
     def _identify(self, authorization: str | None, query_string: str, cookie: str | None
-                  ) -> tuple[Identity, str] | None:
-        """The identity and where it came from ("header", "query", "cookie"), or None."""
+                  ) -> tuple[Identity, str] | str:
+        """The identity and where it came from ("header", "query", "cookie"); else why
+        the credentials sent identify nobody ("" when none were sent)."""
         candidates: list[tuple[str, str, str]] = []
         if authorization and (token := authorization_token(authorization)):
             candidates.append((token, "api", "header"))
@@ -237,12 +241,14 @@ class EdgeProxy:
             candidates.append((token, "api", "query"))
         if cookie and (token := session_cookie(cookie)):
             candidates.append((token, "session", "cookie"))
+        refused = ""
         for token, typ, source in candidates:
             try:
                 return self._auth.identify(token, typ), source
             except InvalidToken as exc:
                 log.debug("refusing %s %s: %s", typ, source, exc)
-        return None
+                refused = refused or f"{'session' if typ == 'session' else 'API token'}: {exc}"
+        return refused
 
     def bridge_address(self, target: str) -> Address | None:
         """The bridge socket of a ``tunnel://`` target whose bridge is up and tunnel live;
