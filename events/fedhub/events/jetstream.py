@@ -32,10 +32,12 @@ from fedhub.events.errors import (
     MalformedEvent,
     StoreUnavailable,
 )
+from fedhub.events.repeats import RepeatLimiter
 from fedhub.events.store import StoredEvent
 from fedhub.schemas.subjects import ALL, HEALTH_ROOT, HEALTH_STREAM, STREAM
 
 log = logging.getLogger(__name__)
+_repeats = RepeatLimiter(log)  # the client retries every second while a server is away
 WRONG_LAST_SEQUENCE = 10071
 # Events decoded per batch of a read: small reads (one server's events) are common, and
 # a batch is requested ahead while the previous one is handed out.
@@ -58,10 +60,10 @@ def _refused(exc: Exception) -> bool:
 
 async def _on_error(exc: Exception) -> None:
     if _refused(exc):
-        log.warning("NATS refuses these credentials (%s): wrong, or revoked (a site removed "
-                    "with `fedhub site remove`); retrying", exc)
+        _repeats.warning(f"NATS refuses these credentials ({exc}): wrong, or revoked (a site "
+                         "removed with `fedhub site remove`); retrying")
     else:
-        log.warning("NATS: %s", exc or type(exc).__name__)
+        _repeats.warning(f"NATS: {exc or type(exc).__name__}")
 
 
 def redacted(url: str) -> str:
