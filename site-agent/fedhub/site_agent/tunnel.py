@@ -73,12 +73,19 @@ class TunnelManager:
     # -- the log ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow proxy announcements forever (safe to restart after a failure)."""
+        """Follow proxy announcements forever (safe to restart after a failure).
+
+        The announcements already in the log are read before any link is dialled: after a
+        proxy restarted on another port, dialling each old endpoint in turn only filled the
+        log with refused connections.
+        """
+        history = await self.store.latest_per_subject("fedhub.proxy.>")
+        history_end = max((item.seq for item in history), default=0)
         async with aclosing(self.store.follow("fedhub.proxy.>")) as events:
             async for item in events:
-                self._on_proxy(item)
+                self._on_proxy(item, reconcile=item.seq >= history_end)
 
-    def _on_proxy(self, item: StoredEvent) -> None:
+    def _on_proxy(self, item: StoredEvent, *, reconcile: bool = True) -> None:
         try:
             started = item.event.payload_as(EdgeProxyStarted)
         except EventLogError as exc:
@@ -94,7 +101,8 @@ class TunnelManager:
         recent = self._announced.setdefault(started.name, [])
         recent.append(item)
         del recent[:-KEEP_ANNOUNCEMENTS]
-        self._reconcile()
+        if reconcile:
+            self._reconcile()
 
     def _verified(self, item: StoredEvent) -> EdgeProxyStarted | None:
         """The announcement if the proxy it names signed it with its trusted key."""

@@ -24,6 +24,7 @@ from fedhub.site_agent.tunnel import (
     tunnel_target,
 )
 from fedhub.site_agent.tunnel_link import BACKOFF_MAX, Endpoint, ProxyLink, backoff_delay
+from tests.support.polling import until
 
 
 def test_backoff_doubles_from_one_second_to_thirty_with_jitter() -> None:
@@ -99,6 +100,36 @@ async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -
                        actor="coordinator", signer=coordinator)
     manager.keys.apply(stored(9, revoke))
     assert manager.links == {}
+
+
+async def test_a_restarted_agent_dials_only_the_latest_endpoint_of_each_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy restarted three times on new ports: the agent used to dial each old port in
+    # turn while it read the log, logging a refused connection for every one.
+    dialled: list[int] = []
+
+    class Recorded(ProxyLink):
+        def start(self) -> None:
+            dialled.append(self.endpoint.port)
+
+    monkeypatch.setattr("fedhub.site_agent.tunnel.ProxyLink", Recorded)
+    store, proxy = MemoryStore(), SigningKey.generate()
+    await store.append(key_event(proxy, "edge-proxy", "edge1"))  # type: ignore[arg-type]
+    for port in (1111, 2222, 3333):
+        await store.append(started(proxy, "edge1", port=port))  # type: ignore[arg-type]
+    keys = KeyBook(tmp_path / "trusted-keys.json")
+    await keys.read(store)
+    manager = TunnelManager("site1", SigningKey.generate(), store, keys)
+    running = asyncio.ensure_future(manager.run())
+    try:
+        await until(lambda: dialled, what="a link")
+        await store.append(started(proxy, "edge1", port=4444))  # type: ignore[arg-type]
+        await until(lambda: len(dialled) > 1, what="the link to the new endpoint")
+        assert dialled == [3333, 4444]
+    finally:
+        running.cancel()
+        await manager.close()
 
 
 async def test_a_proxy_without_tunnels_gets_no_link(manager: TunnelManager) -> None:
