@@ -283,13 +283,15 @@ async def get_server(name: str, server: str, request: Request) -> dict[str, Any]
 async def progress(name: str, request: Request, server: str = "") -> Response:
     hub, _, user = acting_for(request, name)
     server = servers.valid_server(server)
+    not_starting = (f"{servers.label(user.name, server)} is not starting: start it first "
+                    "(POST to the server's URL without /progress)")
     try:
         row = servers.get_server(hub, user.name, server)
     except NotFound as exc:
-        raise BadRequest(f"server {user.name}/{server} is not starting") from exc
+        raise BadRequest(not_starting) from exc
     status = ServerStatus(row.status)
     if not status.pending and status not in (ServerStatus.READY, ServerStatus.FAILED):
-        raise BadRequest(f"server {user.name}/{server} is not starting")
+        raise BadRequest(not_starting)
     return StreamingResponse(spawning.progress_stream(hub, user.name, server),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -40,6 +40,22 @@ def status_of(item: StoredEvent | None) -> ev.ServerStatus:
     return cls.STATUS if cls else ev.ServerStatus.STOPPED
 
 
+def label(user: str, server: str) -> str:
+    """A server as messages name it: "alice's server" or "alice's server 'gpu'"."""
+    return f"{user}'s server" + (f" {server!r}" if server else "")
+
+
+def _busy(user: str, server: str, status: ev.ServerStatus) -> str:
+    """Why a server cannot be started now, and what to do instead."""
+    if status is ev.ServerStatus.READY:
+        return (f"{label(user, server)} is already running at {server_prefix(user, server)}; "
+                "stop it first to start it again")
+    if status is ev.ServerStatus.STOPPING:
+        return f"{label(user, server)} is still stopping; start it again once it has stopped"
+    return (f"{label(user, server)} is already starting ({status.value}); follow its "
+            "progress, or stop it")
+
+
 async def start(hub: Hub, user: str, server: str, site: str | None,
                 options: dict[str, Any], actor: str) -> int:
     """Request a server; returns the sequence of the request. Raises BadRequest if it is
@@ -51,7 +67,7 @@ async def start(hub: Hub, user: str, server: str, site: str | None,
     subject = subjects.server(user, server)
     last = await hub.store.last(subject)
     if status_of(last).active:
-        raise BadRequest(f"server {user}/{server} is already {status_of(last).value}")
+        raise BadRequest(_busy(user, server, status_of(last)))
     chosen, reason, options = await choose_site(hub, site, options)
     spawn_id = uuid7()
     try:
@@ -60,7 +76,7 @@ async def start(hub: Hub, user: str, server: str, site: str | None,
             progress=0, message="Server requested"), actor=actor,
             expected_seq=last.seq if last else 0)
     except Conflict as exc:
-        raise BadRequest(f"server {user}/{server} is already starting") from exc
+        raise BadRequest(_busy(user, server, ev.ServerStatus.REQUESTED)) from exc
     seq = await hub.emit(subject, ev.ServerAccepted(
         user=user, server=server, site=chosen, spawn_id=spawn_id, reason=reason, progress=10,
         message=f"Placed at site {chosen}"), expected_seq=seq)
@@ -133,7 +149,7 @@ async def _stop(hub: Hub, user: str, server: str, actor: str) -> bool:
             user=user, server=server, spawn_id=spawn_id, reason=f"requested by {actor}"),
             event_id=derived_id(spawn_id, "stop-command"))
         return True
-    raise Conflict(f"server {user}/{server} keeps changing; try again")
+    raise Conflict(f"{label(user, server)} keeps changing; try again")
 
 
 async def remove_route(hub: Hub, user: str, server: str, reason: str, parent: str) -> None:

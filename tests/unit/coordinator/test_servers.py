@@ -10,6 +10,7 @@ import pytest
 
 from fedhub.coordinator import reactor, servers
 from fedhub.coordinator.context import Hub
+from fedhub.coordinator.errors import BadRequest
 from fedhub.coordinator.siteadmin import enroll_site
 from fedhub.coordinator.users import create_user, delete_user
 from fedhub.events.envelope import uuid7
@@ -128,3 +129,17 @@ async def stop_commanded(hub: Hub, limit: float = 5.0) -> None:
         while ("StopServer", "") not in await commands(hub):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     await asyncio.wait_for(poll(), limit)
+
+
+async def test_starting_a_busy_server_says_what_to_do_instead(hub: Hub) -> None:
+    await servers.start(hub, "alice", "gpu", "hpc", {}, "user:alice")
+    with pytest.raises(BadRequest, match=r"alice's server 'gpu' is already starting "
+                                         r"\(accepted\); follow its progress, or stop it"):
+        await servers.start(hub, "alice", "gpu", "hpc", {}, "user:alice")
+    last = await hub.store.last(subjects.server("alice", ""))
+    await hub.emit(subjects.server("alice", ""), ev.ServerReady(
+        user="alice", site="hpc", spawn_id=uuid7(), url="/user/alice/", target="http://x:1"),
+        expected_seq=last.seq if last else 0)
+    with pytest.raises(BadRequest, match="alice's server is already running at /user/alice/; "
+                                         "stop it first to start it again"):
+        await servers.start(hub, "alice", "", "hpc", {}, "user:alice")
