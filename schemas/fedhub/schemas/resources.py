@@ -6,6 +6,7 @@ command line, a batch script or a container spec.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -129,13 +130,23 @@ MemoryMiB = Annotated[int, BeforeValidator(lambda v: parse_memory(v))]
 Minutes = Annotated[int, BeforeValidator(lambda v: parse_duration(v))]
 
 
+def unknown_option(name: str, known: Sequence[str], also: Sequence[str] = ("site",)) -> str:
+    """Why ``name`` is refused, with the likeliest meant name (among the options and the
+    spawn body's own keys, ``also``) and what is offered."""
+    shown = repr(name[:40])
+    guess = difflib.get_close_matches(name, [*known, *also], n=1, cutoff=0.6)
+    hint = f"; did you mean {guess[0]!r}?" if guess else ""
+    offered = f"options here: {', '.join(known)}" if known else "this site takes no options"
+    return f"unknown option {shown} ({offered}{hint})"
+
+
 def validate_options(specs: Sequence[OptionSpec], raw: Mapping[str, Any]) -> dict[str, Any]:
     """Normalized options: defaults filled in, every value checked, unknown keys refused.
 
     Raises InvalidOptions naming every problem at once.
     """
     known = {s.name: s for s in specs}
-    problems = [f"unknown option {k[:40]!r}" for k in raw if k not in known]
+    problems = [unknown_option(k, list(known)) for k in raw if k not in known]
     out: dict[str, Any] = {}
     for spec in specs:
         value = raw.get(spec.name, spec.default)

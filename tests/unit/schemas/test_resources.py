@@ -47,6 +47,15 @@ def test_every_problem_is_named_at_once() -> None:
     assert "must be one of debug, gpu" in text
 
 
+def test_a_misspelled_option_gets_the_likeliest_name_and_what_is_offered() -> None:
+    with pytest.raises(InvalidOptions, match=r"unknown option 'core' \(options here: "
+                                             r"partition, cores.*; did you mean 'cores'\?\)"):
+        validate_options(SPECS, {"core": 2})
+    with pytest.raises(InvalidOptions, match=r"'stie' \(this site takes no options; did you "
+                                             r"mean 'site'\?\)"):
+        validate_options([], {"stie": "local"})
+
+
 @pytest.mark.parametrize(("raw", "mib"), [(512, 512), ("512M", 512), ("4G", 4096),
                                           ("4GiB", 4096), ("2048k", 2), ("1t", 1048576)])
 def test_memory(raw: object, mib: int) -> None:
