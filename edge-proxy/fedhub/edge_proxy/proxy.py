@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 from yarl import URL
 
-from fedhub.edge_proxy import pages
+from fedhub.edge_proxy import client_errors, pages
 from fedhub.edge_proxy.address import Address, tcp_address
 from fedhub.edge_proxy.assertion import AssertionCache
 from fedhub.edge_proxy.auth import Authenticator, Identity, authorization_token, session_cookie
@@ -92,7 +92,8 @@ class EdgeProxy:
         Raises StoreUnavailable if the log cannot be reached, OSError if the port is taken.
         """
         await self._forwarder.start()
-        server = web.Server(self.handle, access_log=log if self.settings.access_log else None)
+        server = web.Server(self.handle, access_log=log if self.settings.access_log else None,
+                            logger=client_errors.LOGGER)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         self._front = Front(self, server, self.settings.upstream_timeout)

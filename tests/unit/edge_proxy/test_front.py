@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import cast
@@ -446,6 +447,22 @@ async def test_requests_no_server_should_see_get_a_400_at_once(
     assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback either
 
 
+async def test_a_malformed_request_after_a_hand_over_is_one_info_line_not_a_traceback(
+    proxy: EdgeProxy, caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader, writer = await connect(proxy)
+    with caplog.at_level(logging.INFO, logger="fedhub.edge_proxy.http"):
+        # handed over with what follows it; aiohttp's parser refuses the second request
+        writer.write(b"GET /_fedhub/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                     b"POST /user/alice/x HTTP/1.0\r\nContent-Length: 1\r\n"
+                     b"Content-Length: 2\r\n\r\nab")
+        assert (await read_response(reader))[0] == 400
+        await asyncio.wait_for(reader.read(), 5)
+    told = [r for r in caplog.records if r.name == "fedhub.edge_proxy.http"]
+    assert [(r.levelname, r.exc_info) for r in told] == [("INFO", None)]
+    assert "400" in told[0].getMessage() and "Content-Length" in told[0].getMessage()
+
+
 async def test_an_asterisk_target_after_a_hand_over_gets_a_400(
     proxy: EdgeProxy, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -484,7 +501,7 @@ async def test_a_chunked_body_servers_would_read_otherwise_is_refused(
     b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
 ])
 async def test_a_request_with_two_framings_is_refused_not_forwarded(
-    proxy: EdgeProxy, upstream: Scripted, framing: bytes
+    proxy: EdgeProxy, upstream: Scripted, framing: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Which framing wins is what request smuggling exploits: nothing reaches the server.
     reader, writer = await connect(proxy)
@@ -493,6 +510,7 @@ async def test_a_request_with_two_framings_is_refused_not_forwarded(
     status, _, _ = await read_response(reader)
     assert status == 400
     assert len(upstream.heads) == seen
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # a client's fault
 
 
 async def test_other_requests_are_handed_to_aiohttp_mid_connection(
