@@ -70,10 +70,10 @@ def redacted(url: str) -> str:
     """``url`` (one or several, comma-separated) without user names and passwords: for
     messages and logs."""
     def one(part: str) -> str:
-        parts = urlsplit(part.strip())
-        if parts.username is None and parts.password is None:
-            return part.strip()
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        # by hand, not urlsplit: a password may hold "#", "/" or "?", and a URL may have no
+        # scheme; a NATS URL has no path, so everything up to the last "@" is credentials
+        scheme, sep, rest = part.strip().rpartition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
     return ",".join(one(part) for part in url.split(","))
 
 
@@ -165,10 +165,12 @@ class JetStreamStore:
         Raises StoreUnavailable if the first connection fails.
         """
         nc = Client()
-        refusals: list[Exception] = []  # why the first connection fails, if the server said
+        # Why the first connection fails, if the server said (one kept: the callback lives
+        # as long as the connection, and a revoked credential is refused every second).
+        refusals: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
-            if _refused(exc) and not nc.is_connected:
+            if _refused(exc) and not refusals:
                 refusals.append(exc)
             await _on_error(exc)
 

@@ -29,8 +29,8 @@ class RepeatLimiter:
             return
         if len(self._seen) >= MAX_KINDS:
             self._seen.clear()
-        held = seen[1] if seen is not None else 0
+        held, since = (seen[1], now - seen[0]) if seen is not None else (0, 0.0)
         self._seen[message] = (now, 0)
         self._log.warning("%s%s", message,
-                          f" (repeated {held} more times in the last {self.every:.0f} s)"
+                          f" ({held} more times since it was logged {since:.0f} s ago)"
                           if held else "")

@@ -21,7 +21,21 @@ def test_a_repeated_warning_is_logged_once_a_minute_with_what_was_held_back(
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "NATS: nats: no servers available for connection",
-        "NATS: nats: no servers available for connection (repeated 59 more times in the "
-        "last 60 s)",
+        "NATS: nats: no servers available for connection (59 more times since it was "
+        "logged 60 s ago)",
         "NATS: something else",  # another message is not held back by the first
     ]
+
+
+def test_a_count_held_back_is_told_with_how_long_ago_it_began(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limiter = RepeatLimiter(logging.getLogger("t"), every=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for _ in range(10):  # away for ten seconds
+            limiter.warning("NATS: gone")
+            now[0] += 1
+        now[0] += 3 * 3600  # and again hours later
+        limiter.warning("NATS: gone")
+    assert [r.getMessage() for r in caplog.records] == [
+        "NATS: gone", "NATS: gone (9 more times since it was logged 10810 s ago)"]
