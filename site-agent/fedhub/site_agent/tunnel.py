@@ -83,9 +83,17 @@ class TunnelManager:
         history_end = max((item.seq for item in history), default=0)
         async with aclosing(self.store.follow("fedhub.proxy.>")) as events:
             async for item in events:
-                self._on_proxy(item, reconcile=item.seq >= history_end)
+                if item.seq >= history_end:  # even when this last one is ignored
+                    self.announced(item)
+                else:
+                    self._remember(item)
 
-    def _on_proxy(self, item: StoredEvent, *, reconcile: bool = True) -> None:
+    def announced(self, item: StoredEvent) -> None:
+        """One announcement from the log: remember it, then open, move or close links."""
+        self._remember(item)
+        self._reconcile()
+
+    def _remember(self, item: StoredEvent) -> None:
         try:
             started = item.event.payload_as(EdgeProxyStarted)
         except EventLogError as exc:
@@ -101,8 +109,6 @@ class TunnelManager:
         recent = self._announced.setdefault(started.name, [])
         recent.append(item)
         del recent[:-KEEP_ANNOUNCEMENTS]
-        if reconcile:
-            self._reconcile()
 
     def _verified(self, item: StoredEvent) -> EdgeProxyStarted | None:
         """The announcement if the proxy it names signed it with its trusted key."""

@@ -74,7 +74,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[TunnelManager]:
 async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -> None:
     proxy, coordinator, stranger = (SigningKey.generate() for _ in range(3))
     manager.keys.apply(stored(1, key_event(coordinator, "coordinator", "hub")))
-    manager._on_proxy(stored(2, started(proxy, "edge1")))
+    manager.announced(stored(2, started(proxy, "edge1")))
     assert manager.links == {}  # the proxy's key is not known yet
     manager.keys.apply(stored(3, key_event(proxy, "edge-proxy", "edge1")))
     assert list(manager.links) == ["edge1"]
@@ -84,15 +84,15 @@ async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -
 
     # a forged announcement (another key signs for edge1) changes nothing
     manager.keys.apply(stored(4, key_event(stranger, "edge-proxy", "evil")))
-    manager._on_proxy(stored(5, started(stranger, "edge1", port=9999)))
+    manager.announced(stored(5, started(stranger, "edge1", port=9999)))
     assert manager.links["edge1"] is link
-    manager._on_proxy(stored(6, started(proxy, "edge1", port=9999, signer=stranger)))
+    manager.announced(stored(6, started(proxy, "edge1", port=9999, signer=stranger)))
     assert manager.links["edge1"] is link
-    manager._on_proxy(stored(7, started(proxy, "edge1", subject_name="other")))
+    manager.announced(stored(7, started(proxy, "edge1", subject_name="other")))
     assert manager.links["edge1"] is link
 
     # a restart on another port moves the link
-    manager._on_proxy(stored(8, started(proxy, "edge1", port=3333)))
+    manager.announced(stored(8, started(proxy, "edge1", port=3333)))
     assert manager.links["edge1"] is not link and manager.links["edge1"].endpoint.port == 3333
 
     # revoking the proxy's key ends its tunnel
@@ -132,10 +132,37 @@ async def test_a_restarted_agent_dials_only_the_latest_endpoint_of_each_proxy(
         await manager.close()
 
 
+async def test_links_open_after_the_history_even_if_its_last_announcement_is_bogus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dialled: list[int] = []
+
+    class Recorded(ProxyLink):
+        def start(self) -> None:
+            dialled.append(self.endpoint.port)
+
+    monkeypatch.setattr("fedhub.site_agent.tunnel.ProxyLink", Recorded)
+    store, proxy = MemoryStore(), SigningKey.generate()
+    await store.append(key_event(proxy, "edge-proxy", "edge1"))  # type: ignore[arg-type]
+    await store.append(started(proxy, "edge1", port=3333))  # type: ignore[arg-type]
+    # the newest: an announcement of edge1 on another proxy's subject, which is ignored
+    await store.append(started(proxy, "edge1", port=9, subject_name="edge2"))  # type: ignore[arg-type]
+    keys = KeyBook(tmp_path / "trusted-keys.json")
+    await keys.read(store)
+    manager = TunnelManager("site1", SigningKey.generate(), store, keys)
+    running = asyncio.ensure_future(manager.run())
+    try:
+        await until(lambda: dialled, what="a link")
+        assert dialled == [3333]
+    finally:
+        running.cancel()
+        await manager.close()
+
+
 async def test_a_proxy_without_tunnels_gets_no_link(manager: TunnelManager) -> None:
     proxy = SigningKey.generate()
     manager.keys.apply(stored(1, key_event(proxy, "edge-proxy", "edge1")))
-    manager._on_proxy(stored(2, started(proxy, "edge1", port=0)))
+    manager.announced(stored(2, started(proxy, "edge1", port=0)))
     assert manager.links == {}
 
 
