@@ -53,23 +53,47 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def running_hub(data_dir: Path) -> dict[str, str] | None:
-    """What ``runtime.json`` in ``data_dir`` records, if the ``fedhub up`` that wrote it
-    still runs (another process whose command line names fedhub); None otherwise."""
+def _alive(pid: int, name: bytes) -> bool:
+    """True if process ``pid`` exists and, where /proc tells, its command line holds
+    ``name`` (a pid reused by another program does not count)."""
     try:
-        runtime = json.loads((data_dir / RUNTIME_FILE).read_text())
-        pid = int(runtime["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if pid == os.getpid():
-        return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: exists
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return name in cmdline or not cmdline  # empty: not yet exec'd, or a zombie
     except FileNotFoundError:
-        return None  # gone (or no /proc: then the port check below still protects)
+        return not Path("/proc/self").exists()  # gone meanwhile, or no /proc to ask
     except OSError:
-        cmdline = b"fedhub"
-    return {str(k): str(v) for k, v in runtime.items()} if b"fedhub" in cmdline else None
+        return True  # exists, and nothing more can be learnt
+
+
+def _runtime(data_dir: Path) -> dict[str, str]:
+    try:
+        found = json.loads((data_dir / RUNTIME_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def running_hub(data_dir: Path) -> dict[str, str] | None:
+    """What ``runtime.json`` in ``data_dir`` records, if the ``fedhub up`` that wrote it
+    still runs; None otherwise."""
+    runtime = _runtime(data_dir)
+    pid = int(runtime["pid"]) if runtime.get("pid", "").isdigit() else 0
+    if not pid or pid == os.getpid() or not _alive(pid, b"fedhub"):
+        return None
+    return runtime
+
+
+def left_nats(data_dir: Path) -> int | None:
+    """The pid of a nats-server an earlier ``fedhub up`` of ``data_dir`` left running (its
+    ``up`` was killed without stopping it), or None."""
+    pid = _runtime(data_dir).get("nats_pid", "")
+    return int(pid) if pid.isdigit() and _alive(int(pid), b"nats-server") else None
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -160,7 +184,12 @@ class Embedded:
             raise RuntimeError(
                 f"a hub is already running from {self.data_dir} (pid {running['pid']}, "
                 f"{running.get('url', '?')}); stop it first, or set FEDHUB_DATA_DIR to "
-                "another directory for a second hub")
+                "another directory for a second hub (if none runs, delete "
+                f"{self.data_dir / RUNTIME_FILE})")
+        if (orphan := left_nats(self.data_dir)) is not None:
+            raise RuntimeError(
+                f"the nats-server of an earlier fedhub up (pid {orphan}) still runs from "
+                f"{self.data_dir}: stop it (kill {orphan}) and start again")
         if not _port_free(self.host, self.port):
             raise RuntimeError(f"port {self.port} on {self.host} is in use; use --port")
         binary = shutil.which("nats-server")
@@ -267,6 +296,8 @@ class Embedded:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        # a closed terminal (ssh dropped) stops the hub too, instead of orphaning its parts
+        signal.signal(signal.SIGHUP, on_signal)
         while not stop["signal"]:
             for child in self.children:
                 if child.proc.poll() is not None:
