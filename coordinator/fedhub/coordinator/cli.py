@@ -105,15 +105,15 @@ def _new_password(args: argparse.Namespace) -> str | None:
             raise CliError("--no-password cannot go with --password or --password-stdin")
         return None
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     elif args.password is not None:
         password = args.password
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
     else:
         raise CliError("no password given and no terminal to ask for one: pass --password, "
-                       "--password-stdin, or --no-password for a user who logs in through "
-                       "an identity provider")
+                       "--password-stdin, or --no-password for a user who only uses API "
+                       "tokens")
     if not password:
         raise CliError("the password is empty")
     return password
@@ -130,6 +130,8 @@ def _all_users(args: argparse.Namespace) -> list[dict[str, Any]]:
             except httpx.HTTPError as exc:
                 raise CliError(f"cannot reach the hub: {exc}") from exc
             page = _answer(resp)
+            if isinstance(page, list):  # a hub that does not page
+                return page
             found += page["items"]
             if page["_pagination"]["next"] is None or not page["items"]:
                 return found
@@ -258,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
     add.add_argument("--no-password", action="store_true",
-                     help="no local password: the user logs in through an identity provider")
+                     help="no password, so no login page: the user only uses API tokens")
     usr_sub.add_parser("list")
     delete = usr_sub.add_parser("delete")
     delete.add_argument("name")

@@ -52,8 +52,9 @@ def _busy(user: str, server: str, status: ev.ServerStatus) -> str:
                 "stop it first to start it again")
     if status is ev.ServerStatus.STOPPING:
         return f"{label(user, server)} is still stopping; start it again once it has stopped"
-    return (f"{label(user, server)} is already starting ({status.value}); follow its "
-            "progress, or stop it")
+    step = "its server is up, not yet answering" if status is ev.ServerStatus.RUNNING \
+        else status.value
+    return f"{label(user, server)} is already starting ({step}); follow its progress, or stop it"
 
 
 async def start(hub: Hub, user: str, server: str, site: str | None,

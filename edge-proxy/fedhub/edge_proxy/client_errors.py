@@ -22,6 +22,7 @@ class ClientErrors(logging.Filter):
             record.args = ()
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
+            return LOGGER.isEnabledFor(logging.INFO)  # as if it had been logged at INFO
         return True
 
 

@@ -188,12 +188,12 @@ class Client(asyncio.Protocol):
     def next_request(self) -> None:
         """Start the next request in ``buf`` if its head is complete."""
         buf = self.buf
+        if buf.startswith(b"\r\n"):  # stray empty lines between requests
+            buf = self.buf = buf.lstrip(b"\r\n")
         end = buf.find(HEAD_END)
         if end < 0:
             if len(buf) > MAX_HEAD:
                 self.refuse(431, "request head too large")
-            elif buf.startswith(b"\r\n"):  # stray empty lines between requests
-                self.buf = buf.lstrip(b"\r\n")
             elif b"\n\n" in buf:  # a head that will never end as HTTP/1.1 says
                 self.refuse(400, "malformed request: header lines must end with CRLF")
             return

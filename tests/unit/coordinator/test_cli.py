@@ -31,5 +31,7 @@ def test_user_add_refuses_a_missing_or_empty_password(
 def test_user_add_without_a_password_on_request_goes_to_the_hub(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     assert main([*NOWHERE, "user", "add", "carol", "--no-password"]) == 1
     assert "cannot reach the hub" in capsys.readouterr().err  # it got as far as the call

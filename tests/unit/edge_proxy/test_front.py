@@ -432,6 +432,7 @@ async def test_malformed_and_oversized_requests(proxy: EdgeProxy) -> None:
     b"GET /user/alice/ HTTP/1.1\r\n\r\n",  # no Host
     b"GET /user/alice/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     b"GET /user/alice/ HTTP/1.1\nHost: a\n\n",  # bare LF: the head would never end
+    b"\r\nGET /user/alice/ HTTP/1.1\nHost: a\n\n",  # the same after a stray empty line
 ])
 async def test_requests_no_server_should_see_get_a_400_at_once(
     proxy: EdgeProxy, upstream: Scripted, request_bytes: bytes,
@@ -475,6 +476,14 @@ async def test_an_asterisk_target_after_a_hand_over_gets_a_400(
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
+async def test_empty_lines_before_a_request_are_skipped(
+    proxy: EdgeProxy, upstream: Scripted
+) -> None:
+    reader, writer = await connect(proxy)  # RFC 9112 2.2: a server ignores them
+    writer.write(b"\r\n\r\n" + get("/user/alice/after-blank-lines", proxy))
+    assert (await read_response(reader))[2] == b"/user/alice/after-blank-lines"
+
+
 @pytest.mark.parametrize("body", [
     b"0x3\r\nabc\r\n0\r\n\r\n",  # Python's int() reads 0x3; servers do not
     b"3\nabc\n0\n\n",  # bare LF
@@ -483,8 +492,14 @@ async def test_an_asterisk_target_after_a_hand_over_gets_a_400(
 async def test_a_chunked_body_servers_would_read_otherwise_is_refused(
     proxy: EdgeProxy, upstream: Scripted, body: bytes
 ) -> None:
+    got: list[bytes] = []
+
     async def read_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        head: bytes) -> bool:
+        try:  # all the proxy sends after the head, until it closes the connection
+            got.append(await asyncio.wait_for(reader.read(), 5))
+        except TimeoutError:
+            got.append(b"(the proxy kept the connection open)")
         return False  # never answers: the proxy must answer by itself
 
     upstream.handler = read_all
@@ -493,6 +508,8 @@ async def test_a_chunked_body_servers_would_read_otherwise_is_refused(
                      method=b"POST") + body)
     status, _, answer = await read_response(reader)
     assert status == 400 and b"malformed request body" in answer
+    await until(lambda: got, what="the upstream to see its connection end")
+    assert got == [b""]  # no byte of the body reached the server
 
 
 @pytest.mark.parametrize("framing", [

@@ -482,8 +482,9 @@ class SlurmBackend(BatchBackend):
         return self._parse_partitions(res.returncode, res.stdout, res.stderr)
 
     def _sinfo_failed(self, why: str) -> dict[str, Partition]:
-        self._sinfo_problem = why.strip()[:300] or "no output"
-        log.warning("sinfo failed: %s", self._sinfo_problem)
+        """Slurm did not answer: the heartbeat says so (one line: it is shown to users)."""
+        self._sinfo_problem = " ".join(why.split())[:200] or "no output"
+        log.warning("sinfo failed: %s", why.strip()[:1000])
         return {}
 
     def _parse_partitions(self, code: int, stdout: str, stderr: str) -> dict[str, Partition]:
@@ -491,8 +492,10 @@ class SlurmBackend(BatchBackend):
             return self._sinfo_failed(stderr or f"exit code {code}")
         try:
             found = parse_sinfo(stdout)
-        except ValueError as exc:
-            return self._sinfo_failed(f"cannot parse its output: {exc}")
+        except ValueError as exc:  # Slurm answered, in a form we do not read: our problem
+            log.warning("cannot parse sinfo: %s", exc)
+            self._sinfo_problem = ""
+            return {}
         self._sinfo_problem = ""
         if not self._choices:
             self._choices = tuple(sorted(found, key=lambda n: (not found[n].default, n)))
