@@ -91,7 +91,9 @@ class Host:
         return {"hosts": [{"address": self.address, "username": "root"}],
                 "client_key": str(self.client_key), "known_hosts": str(self.known_hosts),
                 "python": sys.executable, "remote_data_dir": str(remote_dir),
-                "command_timeout": 5, "connect_timeout": 5, **extra}
+                # room for a loaded CI machine (a remote start once took over 5 s there);
+                # the hung-network test sets its own short command_timeout
+                "command_timeout": 20, "connect_timeout": 15, **extra}
 
 
 @pytest.fixture(scope="module")
