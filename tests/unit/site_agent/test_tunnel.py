@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,61 +103,60 @@ async def test_links_follow_trusted_announcements_only(manager: TunnelManager) -
     assert manager.links == {}
 
 
-async def test_a_restarted_agent_dials_only_the_latest_endpoint_of_each_proxy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A proxy restarted three times on new ports: the agent used to dial each old port in
-    # turn while it read the log, logging a refused connection for every one.
-    dialled: list[int] = []
+@pytest.fixture
+def dialled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ports the tunnel manager's links dial, in order (links record, never connect)."""
+    ports: list[int] = []
 
     class Recorded(ProxyLink):
         def start(self) -> None:
-            dialled.append(self.endpoint.port)
+            ports.append(self.endpoint.port)
 
     monkeypatch.setattr("fedhub.site_agent.tunnel.ProxyLink", Recorded)
-    store, proxy = MemoryStore(), SigningKey.generate()
-    await store.append(key_event(proxy, "edge-proxy", "edge1"))  # type: ignore[arg-type]
-    for port in (1111, 2222, 3333):
-        await store.append(started(proxy, "edge1", port=port))  # type: ignore[arg-type]
+    return ports
+
+
+@contextlib.asynccontextmanager
+async def following(store: MemoryStore, tmp_path: Path) -> AsyncIterator[TunnelManager]:
+    """A manager that read the keys in ``store`` and follows its announcements."""
     keys = KeyBook(tmp_path / "trusted-keys.json")
     await keys.read(store)
     manager = TunnelManager("site1", SigningKey.generate(), store, keys)
     running = asyncio.ensure_future(manager.run())
     try:
-        await until(lambda: dialled, what="a link")
-        await store.append(started(proxy, "edge1", port=4444))  # type: ignore[arg-type]
-        await until(lambda: len(dialled) > 1, what="the link to the new endpoint")
-        assert dialled == [3333, 4444]
+        yield manager
     finally:
         running.cancel()
         await manager.close()
 
 
-async def test_links_open_after_the_history_even_if_its_last_announcement_is_bogus(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_restarted_agent_dials_only_the_latest_endpoint_of_each_proxy(
+    tmp_path: Path, dialled: list[int]
 ) -> None:
-    dialled: list[int] = []
+    # A proxy restarted three times on new ports: the agent used to dial each old port in
+    # turn while it read the log, logging a refused connection for every one.
+    store, proxy = MemoryStore(), SigningKey.generate()
+    await store.append(key_event(proxy, "edge-proxy", "edge1"))  # type: ignore[arg-type]
+    for port in (1111, 2222, 3333):
+        await store.append(started(proxy, "edge1", port=port))  # type: ignore[arg-type]
+    async with following(store, tmp_path):
+        await until(lambda: dialled, what="a link")
+        await store.append(started(proxy, "edge1", port=4444))  # type: ignore[arg-type]
+        await until(lambda: len(dialled) > 1, what="the link to the new endpoint")
+        assert dialled == [3333, 4444]
 
-    class Recorded(ProxyLink):
-        def start(self) -> None:
-            dialled.append(self.endpoint.port)
 
-    monkeypatch.setattr("fedhub.site_agent.tunnel.ProxyLink", Recorded)
+async def test_links_open_after_the_history_even_if_its_last_announcement_is_bogus(
+    tmp_path: Path, dialled: list[int]
+) -> None:
     store, proxy = MemoryStore(), SigningKey.generate()
     await store.append(key_event(proxy, "edge-proxy", "edge1"))  # type: ignore[arg-type]
     await store.append(started(proxy, "edge1", port=3333))  # type: ignore[arg-type]
     # the newest: an announcement of edge1 on another proxy's subject, which is ignored
     await store.append(started(proxy, "edge1", port=9, subject_name="edge2"))  # type: ignore[arg-type]
-    keys = KeyBook(tmp_path / "trusted-keys.json")
-    await keys.read(store)
-    manager = TunnelManager("site1", SigningKey.generate(), store, keys)
-    running = asyncio.ensure_future(manager.run())
-    try:
+    async with following(store, tmp_path):
         await until(lambda: dialled, what="a link")
         assert dialled == [3333]
-    finally:
-        running.cancel()
-        await manager.close()
 
 
 async def test_a_proxy_without_tunnels_gets_no_link(manager: TunnelManager) -> None:
