@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import os
 import runpy
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 
 from fedhub.coordinator import sitecli
-from fedhub.coordinator.embedded import CLI_TOKEN_FILE, RUNTIME_FILE, up
+from fedhub.coordinator.embedded import CLI_TOKEN_FILE, read_runtime, up
 from fedhub.coordinator.natsauth import HUB_USER, AuthFile
 from fedhub.schemas.config import default_data_dir
 
@@ -39,8 +38,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _runtime(args: argparse.Namespace) -> dict[str, str]:
-    path = _data_dir(args) / RUNTIME_FILE
-    return dict(json.loads(path.read_text())) if path.exists() else {}
+    return read_runtime(_data_dir(args))
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -57,17 +55,15 @@ def _client(args: argparse.Namespace) -> httpx.Client:
                         headers={"Authorization": f"token {token}"}, timeout=30)
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
+          **request: Any) -> Any:
+    """The JSON answer of one API call (``request``: httpx's params, headers...); raises
+    CliError with the hub's message for an error."""
     try:
         with _client(args) as client:
-            resp = client.request(method, path, json=body)
+            resp = client.request(method, path, json=body, **request)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the hub: {exc}") from exc
-    return _answer(resp)
-
-
-def _answer(resp: httpx.Response) -> Any:
-    """The JSON of an API answer; raises CliError with the hub's message for an error."""
     if resp.status_code >= 400:
         try:
             message = resp.json().get("message", resp.text)
@@ -122,19 +118,14 @@ def _new_password(args: argparse.Namespace) -> str | None:
 def _all_users(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every user, a page of 200 at a time."""
     found: list[dict[str, Any]] = []
-    with _client(args) as client:
-        while True:
-            try:
-                resp = client.get("/users", params={"offset": len(found), "limit": 200},
-                                  headers={"Accept": PAGINATION})
-            except httpx.HTTPError as exc:
-                raise CliError(f"cannot reach the hub: {exc}") from exc
-            page = _answer(resp)
-            if isinstance(page, list):  # a hub that does not page
-                return page
-            found += page["items"]
-            if page["_pagination"]["next"] is None or not page["items"]:
-                return found
+    while True:
+        page = _call(args, "GET", "/users", params={"offset": len(found), "limit": 200},
+                     headers={"Accept": PAGINATION})
+        if isinstance(page, list):  # a hub that does not page
+            return page
+        found += page["items"]
+        if page["_pagination"]["next"] is None or not page["items"]:
+            return found
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -71,7 +71,9 @@ def _alive(pid: int, name: bytes) -> bool:
         return True  # exists, and nothing more can be learnt
 
 
-def _runtime(data_dir: Path) -> dict[str, str]:
+def read_runtime(data_dir: Path) -> dict[str, str]:
+    """What the ``fedhub up`` of ``data_dir`` recorded (URLs, pids); {} if nothing
+    readable."""
     try:
         found = json.loads((data_dir / RUNTIME_FILE).read_text())
     except (OSError, ValueError):
@@ -82,7 +84,7 @@ def _runtime(data_dir: Path) -> dict[str, str]:
 def running_hub(data_dir: Path) -> dict[str, str] | None:
     """What ``runtime.json`` in ``data_dir`` records, if the ``fedhub up`` that wrote it
     still runs; None otherwise."""
-    runtime = _runtime(data_dir)
+    runtime = read_runtime(data_dir)
     pid = int(runtime["pid"]) if runtime.get("pid", "").isdigit() else 0
     if not pid or pid == os.getpid() or not _alive(pid, b"fedhub"):
         return None
@@ -92,7 +94,7 @@ def running_hub(data_dir: Path) -> dict[str, str] | None:
 def left_nats(data_dir: Path) -> int | None:
     """The pid of a nats-server an earlier ``fedhub up`` of ``data_dir`` left running (its
     ``up`` was killed without stopping it), or None."""
-    pid = _runtime(data_dir).get("nats_pid", "")
+    pid = read_runtime(data_dir).get("nats_pid", "")
     return int(pid) if pid.isdigit() and _alive(int(pid), b"nats-server") else None
 
 
